@@ -1,0 +1,147 @@
+"""Command line: a thin layer over the importable API. Only this module prints.
+
+Heavy imports (torch and friends) happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+TRAIN_DEFAULTS_HELP = "defaults: the calibrated recipe in hashing/trainer.py TrainConfig"
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cifar10",
+                   help="retrieval protocol: cifar10, imagenet10, imagenet20, digits")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (else $HASHCONDENSE_DATA)")
+    p.add_argument("--resolution", type=int, default=None, help="image side in pixels")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the query/train/db split")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training", TRAIN_DEFAULTS_HELP)
+    g.add_argument("--hash-method", default="dhd")
+    g.add_argument("--backbone", default=None, help="convnet3 (default <= 32 px) or resnetap10")
+    g.add_argument("--bits", type=int, default=32)
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--min-steps", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
+    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _train_config(args: argparse.Namespace):
+    from .hashing.trainer import TrainConfig
+
+    overrides = {
+        k: getattr(args, k)
+        for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "precision", "device")
+        if getattr(args, k) is not None
+    }
+    return TrainConfig(**overrides)
+
+
+def _default_backbone(resolution: int) -> str:
+    return "convnet3" if resolution <= 32 else "resnetap10"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import api
+
+    run = api.train_run(
+        dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
+        split_seed=args.split_seed, subset=args.subset, ipc=args.ipc,
+        hash_method=args.hash_method, backbone=args.backbone, bits=args.bits,
+        train_config=_train_config(args), seed=args.seed, out=Path(args.out),
+        evaluate=args.evaluate, progress=not args.quiet,
+    )
+    print(f"trained in {run['train_seconds']:.1f}s; model and run.json written to {args.out}")
+    if "metrics" in run:
+        for name, value in run["metrics"].items():
+            print(f"  {name:>18s}  {100 * value:6.2f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import api
+
+    out = api.evaluate_run(Path(args.model), data_root=args.data_root, precision=args.precision
+                           or "auto", progress=not args.quiet)
+    for name, value in out["metrics"].items():
+        print(f"  {name:>18s}  {100 * value:6.2f}")
+    print(f"metrics written to {Path(args.model) / 'metrics.json'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import api
+
+    rows = api.demo(Path(args.out), seed=args.seed, progress=not args.quiet)
+    print(f"{'training set':<16}{'images':>8}{'mAP@all':>10}{'P@H<=2':>9}{'train s':>9}")
+    for r in rows:
+        print(f"{r['training_set']:<16}{r['images']:>8}{100 * r['mAP@all']:>10.2f}"
+              f"{100 * r['P@H<=2']:>9.2f}{r['train_seconds']:>9.1f}")
+    print(f"results written to {args.out}/results.jsonl and {args.out}/summary.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashcondense",
+        description="Dataset condensation for deep hashing retrieval (IEM and baselines).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a hashing network on a dataset's train split or subset")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--subset", choices=("whole", "random"), default="whole")
+    p.add_argument("--ipc", type=int, default=None, help="images per class (with --subset random)")
+    p.add_argument("--out", required=True, help="output folder for the model and run.json")
+    p.add_argument("--evaluate", action="store_true", help="also evaluate on the protocol")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mAP and friends of a trained model, as JSON")
+    p.add_argument("--model", required=True, help="folder written by 'hashcondense train'")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="whole set vs a random subset on scikit-learn's digits")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"hashcondense {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    logging.getLogger(__name__).info("%s took %.1fs", args.command, time.perf_counter() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Train a hashing network on any labelled image tensor set (a real subset or a synthetic set).
+
+One loop for every ``HashMethod``: sample a mini-batch, make a weak view (and a strong view for
+two-view methods such as DHD) with tensor-level augmentation, compute the continuous codes and let
+the method turn them into a loss. Deterministic under a seed on a given machine and precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..augment import DSAConfig, dsa
+from ..models import HashingNetwork, build_backbone
+from ..runtime import autocast, resolve_device, resolve_precision
+from .base import HashBatch, HashMethod
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for training a hashing network; defaults are the calibrated CPU recipe.
+
+    Tiny sets follow the dataset-condensation convention (many epochs, DSA augmentation on every
+    batch); ``min_steps`` keeps the number of optimiser steps sane whatever the set size.
+    """
+
+    epochs: int = 300
+    min_steps: int = 0
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    backbone_lr_scale: float = 1.0
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    weak_augment: str = "crop_flip"
+    strong_augment: str = "color_crop_cutout_flip_scale_rotate"
+    precision: str = "auto"
+    device: str = "auto"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for aug in (self.weak_augment, self.strong_augment):
+            if aug != "none":
+                DSAConfig(strategy=aug)  # validates the family names early
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: HashingNetwork
+    seconds: float
+    epochs: int
+    steps: int
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+
+
+def _augmenter(strategy: str, mode: str):
+    if strategy == "none":
+        return lambda x, g: x
+    config = DSAConfig(strategy=strategy, mode=mode)
+    return lambda x, g: dsa(x, config, generator=g, siamese=False)
+
+
+def build_hashing_network(
+    method: HashMethod,
+    *,
+    backbone: str,
+    bits: int,
+    num_classes: int,
+    in_channels: int,
+    resolution: int,
+    seed: int,
+) -> HashingNetwork:
+    """A freshly initialised backbone + the method's head, initialised from ``seed``."""
+    if bits < 1:
+        raise ValueError(f"bits must be >= 1, got {bits}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_backbone(backbone, in_channels=in_channels, resolution=resolution)
+        head = method.make_head(net.feature_dim, bits, num_classes)
+    return HashingNetwork(net, head)
+
+
+def _optimizer(model: HashingNetwork, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = [
+        {"params": model.backbone.parameters(), "lr": config.lr * config.backbone_lr_scale},
+        {"params": model.head.parameters(), "lr": config.lr},
+    ]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    if schedule == "step":  # DC convention: ×0.1 once, at half of training
+        return 0.1 if step >= total // 2 else 1.0
+    return 1.0
+
+
+def train_hashing_network(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: HashMethod,
+    bits: int,
+    num_classes: int,
+    backbone: str = "convnet3",
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on normalised float images (N, C, R, R) with int labels (N,) in [0, num_classes)."""
+    config = config or TrainConfig()
+    if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be (N, C, R, R) with N = len(labels) > 0, got {tuple(images.shape)}"
+            f" and {tuple(labels.shape)} labels"
+        )
+    if not images.is_floating_point():
+        raise ValueError("images must be normalised floats (use Normalization.normalize)")
+    device = resolve_device(config.device)
+    amp_dtype = resolve_precision(config.precision, device)
+    model = build_hashing_network(
+        method,
+        backbone=backbone,
+        bits=bits,
+        num_classes=num_classes,
+        in_channels=images.shape[1],
+        resolution=images.shape[-1],
+        seed=seed,
+    ).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = images.to(device)
+    labels = labels.to(device=device, dtype=torch.long)
+    optimizer = _optimizer(model, config)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    weak = _augmenter(config.weak_augment, "M")
+    strong = _augmenter(config.strong_augment, "S")
+    generator = torch.Generator(device=device).manual_seed(seed + 1_000_003)
+
+    n = images.shape[0]
+    batch_size = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    step = 0
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", disable=not progress,
+               leave=False)
+    for _epoch in bar:
+        order = torch.randperm(n, generator=generator, device=device)
+        epoch_loss = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x, y = images[idx], labels[idx]
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * _lr_factor(config.schedule, step, total)
+            with autocast(device, amp_dtype):
+                x_weak = weak(x, generator).contiguous(memory_format=memory_format)
+                if method.two_views:
+                    x_strong = strong(x, generator).contiguous(memory_format=memory_format)
+                    codes = model(torch.cat([x_weak, x_strong]))
+                    batch = HashBatch(codes[: len(y)], codes[len(y) :], y)
+                else:
+                    batch = HashBatch(model(x_weak), None, y)
+                loss = method.loss(batch, model.head)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item()
+            step += 1
+        losses.append(epoch_loss / steps_per_epoch)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    seconds = time.perf_counter() - start
+    log.info("trained %s %d-bit on %d images: %d epochs in %.1fs", method.name, bits, n,
+             epochs, seconds)
+    model.eval()
+    return TrainResult(model=model, seconds=seconds, epochs=epochs, steps=step, losses=losses)
+
+
+@torch.no_grad()
+def encode_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize,
+    *,
+    batch_size: int = 500,
+    precision: str = "auto",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Binary codes (N, K) int8 in {-1, +1} of uint8 images, encoded in bounded-memory chunks.
+
+    ``normalize`` maps a uint8 chunk to the model's input space (``Normalization.normalize``).
+    """
+    device = next(model.parameters()).device
+    amp_dtype = resolve_precision(precision, device)
+    model.eval()
+    out = []
+    for start in tqdm(range(0, images.shape[0], batch_size), desc="encode", disable=not progress,
+                      leave=False):
+        x = normalize(images[start : start + batch_size].to(device))
+        with autocast(device, amp_dtype):
+            v = model(x)
+        out.append(torch.where(v.float() >= 0, 1, -1).to(torch.int8).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int8)
