@@ -49,10 +49,6 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(**overrides)
 
 
-def _default_backbone(resolution: int) -> str:
-    return "convnet3" if resolution <= 32 else "resnetap10"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
 

@@ -22,7 +22,9 @@ class Normalization:
     @classmethod
     def from_images(cls, images: torch.Tensor) -> Normalization:
         """Channel statistics of uint8 images (N, C, H, W), e.g. the training split."""
-        x = images.float().div_(255)
+        if images.dtype != torch.uint8:
+            raise ValueError(f"Normalization.from_images expects uint8 images, got {images.dtype}")
+        x = images.float() / 255
         std, mean = torch.std_mean(x.transpose(0, 1).reshape(x.shape[1], -1), dim=1)
         return cls(tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist()))
 

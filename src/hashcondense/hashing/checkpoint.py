@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..models import HashingNetwork
 from ..records import atomic_write_bytes, write_json
@@ -28,10 +28,7 @@ def save_hashing_model(
     if missing := required - meta.keys():
         raise ValueError(f"model metadata lacks {sorted(missing)}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    atomic_write_bytes(directory / WEIGHTS, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write_bytes(directory / WEIGHTS, save(state))
     write_json(directory / META, {**meta, "hash_method": asdict(method)})
     return directory
 

@@ -174,8 +174,8 @@ def train_hashing_network(
     step = 0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", disable=not progress,
-               leave=False)
+    bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", leave=False,
+               disable=None if progress else True)
     for _epoch in bar:
         order = torch.randperm(n, generator=generator, device=device)
         epoch_loss = 0.0
@@ -225,8 +225,8 @@ def encode_images(
     amp_dtype = resolve_precision(precision, device)
     model.eval()
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc="encode", disable=not progress,
-                      leave=False):
+    chunks = range(0, images.shape[0], batch_size)
+    for start in tqdm(chunks, desc="encode", leave=False, disable=None if progress else True):
         x = normalize(images[start : start + batch_size].to(device))
         with autocast(device, amp_dtype):
             v = model(x)

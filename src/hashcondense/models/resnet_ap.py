@@ -40,6 +40,10 @@ class ResNetAP10(nn.Module):
 
     def __init__(self, *, in_channels: int = 3, resolution: int = 128, width: int = 64) -> None:
         super().__init__()
+        final_side = resolution // (16 if resolution > 64 else 8)
+        if final_side < 2:
+            # instance norm over a 1x1 map returns its bias: every input would embed alike
+            raise ValueError(f"ResNetAP-10 needs resolution >= 16, got {resolution}")
         stem: list[nn.Module] = [
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             instance_norm(width),

@@ -1,0 +1,248 @@
+"""Command line: fast --help, one-line errors with exit code 2, and a digits train → evaluate
+round trip (no data root needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hashcondense.api import default_backbone, select_training_set
+from hashcondense.cli import build_parser, main
+from hashcondense.condense.random import sample_per_class
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser and --help
+# ----------------------------------------------------------------------------------------------
+
+
+def test_help_subprocess_is_fast_and_lists_commands():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hashcondense.cli", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "evaluate", "demo"):
+        assert command in proc.stdout
+    assert elapsed < 15
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from hashcondense import cli\n"
+        "try:\n"
+        "    cli.main(['train', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--subset" in proc.stdout and "--ipc" in proc.stdout
+    assert "TORCH False" in proc.stdout
+
+
+def test_parser_defaults_and_required_args(capsys):
+    args = build_parser().parse_args(["train", "--out", "x"])
+    assert (args.dataset, args.subset, args.ipc, args.bits, args.hash_method) == (
+        "cifar10", "whole", None, 32, "dhd")
+    assert args.epochs is None and args.precision is None and not args.evaluate
+    with pytest.raises(SystemExit) as e:
+        main(["train"])  # --out is required
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", "x", "--precision", "fp16"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main([])  # a command is required
+    capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: exit code 2 and one line on stderr
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, command: str) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err and "\n" not in err, captured.err
+    assert err.startswith(f"hashcondense {command}: error: ")
+    assert "Traceback" not in captured.err
+    return err
+
+
+def test_train_unknown_dataset(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "nope", "--out", str(out)]) == 2
+    err = _one_line_error(capsys, "train")
+    assert "'nope'" in err
+    assert "digits" in err  # the valid choices are named
+    assert not out.exists()  # nothing written
+
+
+def test_train_random_subset_needs_ipc(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--subset", "random", "--out", str(out)]) == 2
+    assert "--ipc" in _one_line_error(capsys, "train")
+    assert main(["train", "--dataset", "digits", "--subset", "random", "--ipc", "0",
+                 "--out", str(out)]) == 2
+    assert "--ipc" in _one_line_error(capsys, "train")
+    assert not out.exists()
+
+
+def test_train_ipc_without_random_subset(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--resolution", "8", "--ipc", "3",
+                 "--out", str(out)]) == 2
+    assert "--ipc" in _one_line_error(capsys, "train")
+    assert not out.exists()
+
+
+def test_train_unknown_hash_method(tmp_path, capsys):
+    assert main(["train", "--dataset", "digits", "--hash-method", "nope",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = _one_line_error(capsys, "train")
+    assert "'nope'" in err and "dhd" in err
+
+
+def test_train_bad_config_value(tmp_path, capsys):
+    assert main(["train", "--dataset", "digits", "--epochs", "0",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "epochs" in _one_line_error(capsys, "train")
+
+
+def test_train_bad_device_is_one_line_error(tmp_path, capsys):
+    try:
+        code = main(["train", "--dataset", "digits", "--resolution", "8", "--subset", "random",
+                     "--ipc", "3", "--epochs", "1", "--device", "bogus", "--quiet",
+                     "--out", str(tmp_path / "run")])
+    except RuntimeError:
+        code = None
+    assert code == 2
+    assert "bogus" in _one_line_error(capsys, "train")
+
+
+def test_evaluate_missing_model(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["evaluate", "--model", str(missing)]) == 2
+    assert str(missing) in _one_line_error(capsys, "evaluate")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-set selection (api)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fake_split(per_class=(4, 6, 5)):
+    labels = torch.tensor(np.repeat(np.arange(len(per_class)), per_class)[::-1].copy())
+    images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1)
+    return SimpleNamespace(train=SimpleNamespace(images=images, labels=labels))
+
+
+def test_select_training_set():
+    split = _fake_split()
+    images, labels, chosen = select_training_set(split, "whole", None, seed=0)
+    assert images is split.train.images and labels is split.train.labels and chosen is None
+    images, labels, chosen = select_training_set(split, "random", 3, seed=1)
+    assert np.bincount(labels.numpy()).tolist() == [3, 3, 3]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # grouped in label order
+    assert images.view(-1).tolist() == chosen  # image i is its own index
+    assert len(set(chosen)) == 9
+    assert all(split.train.labels[i] == labels[j] for j, i in enumerate(chosen))
+    again = select_training_set(split, "random", 3, seed=1)[2]
+    assert again == chosen
+    others = [select_training_set(split, "random", 3, seed=s)[2] for s in range(2, 8)]
+    assert any(o != chosen for o in others)
+    with pytest.raises(ValueError, match="--ipc"):
+        select_training_set(split, "whole", 3, seed=0)
+    with pytest.raises(ValueError, match="--ipc"):
+        select_training_set(split, "random", None, seed=0)
+    with pytest.raises(ValueError, match="subset"):
+        select_training_set(split, "herding", 3, seed=0)
+    with pytest.raises(ValueError, match="fewer than ipc"):
+        select_training_set(split, "random", 5, seed=0)  # class 0 has 4 images
+
+
+def test_sample_per_class_sorted_within_class():
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 0])
+    idx = sample_per_class(labels, 2, seed=0)
+    assert len(idx) == 6
+    for c in range(3):
+        part = idx[2 * c : 2 * c + 2]
+        assert (labels[part] == c).all() and part[0] < part[1]
+    with pytest.raises(ValueError, match="ipc"):
+        sample_per_class(labels, 0, seed=0)
+
+
+def test_default_backbone():
+    assert default_backbone(8) == default_backbone(32) == "convnet3"
+    assert default_backbone(64) == default_backbone(128) == "resnetap10"
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on digits
+# ----------------------------------------------------------------------------------------------
+
+
+def test_train_then_evaluate_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "digits", "--resolution", "8", "--subset", "random",
+                 "--ipc", "3", "--epochs", "3", "--bits", "16", "--out", str(out),
+                 "--evaluate", "--quiet", "--precision", "fp32"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "mAP@all" in printed.out
+    for name in ("model.safetensors", "model.json", "run.json", "split.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    run = json.loads((out / "run.json").read_text())
+    for key in ("protocol", "seed", "config", "versions", "machine", "train_seconds",
+                "metrics"):
+        assert key in run, key
+    assert run["seed"] == 0 and run["subset"] == "random" and run["ipc"] == 3
+    assert run["epochs"] == 3
+    assert run["protocol"]["protocol"] == "digits"
+    assert run["protocol"]["sizes"] == {"query": 200, "train": 500, "database": 1097}
+    assert run["config"]["bits"] == 16 and run["config"]["backbone"] == "convnet3"
+    assert run["config"]["train"]["epochs"] == 3
+    assert run["config"]["train"]["precision"] == "fp32"
+    assert len(run["subset_indices"]) == 30 and len(set(run["subset_indices"])) == 30
+    assert run["train_seconds"] >= 0
+    train_map = run["metrics"]["mAP@all"]
+    assert 0.0 <= train_map <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == run["metrics"]
+
+    model_meta = json.loads((out / "model.json").read_text())
+    assert model_meta["bits"] == 16 and model_meta["in_channels"] == 1
+    assert model_meta["resolution"] == 8 and model_meta["num_classes"] == 10
+    assert model_meta["hash_method"]["name"] == "dhd"
+
+    code = main(["evaluate", "--model", str(out), "--quiet", "--precision", "fp32"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "mAP@all" in printed.out
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["metrics"]["mAP@all"] == train_map
+    assert evaluated["metrics"] == run["metrics"]
+    assert evaluated["protocol"]["fingerprint"] == run["protocol"]["fingerprint"]
+    assert evaluated["precision"] == "fp32"
