@@ -254,3 +254,26 @@ def test_channels_last_and_bf16_autocast(name: str, channels: int) -> None:
         assert o.dtype in (torch.float32, torch.bfloat16)
         assert torch.isfinite(o.float()).all()
     torch.testing.assert_close(out_ac.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_take_expands_group_draws_to_a_siamese_transform_per_group():
+    """One non-siamese draw per class, expanded with take(), transforms every image of a class
+    exactly as a siamese draw would transform that class alone."""
+    from hashcondense.augment import DSAConfig, apply_dsa, sample_dsa_params
+
+    torch.manual_seed(0)
+    for family in ("color", "crop", "cutout", "flip", "scale", "rotate"):
+        config = DSAConfig(strategy=family, prob_flip=0.5)
+        gen = torch.Generator().manual_seed(3)
+        params = sample_dsa_params(config, 3, generator=gen, siamese=False, height=12, width=12)
+        groups = torch.tensor([0, 0, 1, 2, 2, 2])
+        x = torch.randn(6, 3, 12, 12)
+        out = apply_dsa(x, params.take(groups))
+        for g in range(3):
+            alone = apply_dsa(x[groups == g], params.take(torch.full(((groups == g).sum(),), g)))
+            torch.testing.assert_close(out[groups == g], alone)
+        # images of the same group with identical content stay identical
+        y = x.clone()
+        y[1] = y[0]
+        out_y = apply_dsa(y, params.take(groups))
+        torch.testing.assert_close(out_y[0], out_y[1])

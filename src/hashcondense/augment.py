@@ -105,17 +105,29 @@ class DSAParams:
     cutout: torch.Tensor | None = None  # (n, 2) long: top-left corner (y0, x0), may be < 0
     cutout_size: tuple[int, int] = (0, 0)  # (side_h, side_w) in pixels
 
-    def to(self, device: torch.device | str) -> DSAParams:
-        """Copy with every tensor moved to ``device``."""
+    _TENSORS = ("scale", "rotate", "flip", "brightness", "saturation", "contrast", "crop",
+                "cutout")
+
+    def _map(self, fn, n: int) -> DSAParams:
         kw = {}
-        for name in ("scale", "rotate", "flip", "brightness", "saturation", "contrast", "crop",
-                     "cutout"):
+        for name in self._TENSORS:
             t = getattr(self, name)
-            kw[name] = None if t is None else t.to(device)
+            kw[name] = None if t is None else fn(t)
         return DSAParams(
-            families=self.families, n=self.n, siamese=self.siamese, height=self.height,
+            families=self.families, n=n, siamese=self.siamese, height=self.height,
             width=self.width, cutout_size=self.cutout_size, **kw,
         )
+
+    def to(self, device: torch.device | str) -> DSAParams:
+        """Copy with every tensor moved to ``device``."""
+        return self._map(lambda t: t.to(device), self.n)
+
+    def take(self, index: torch.Tensor) -> DSAParams:
+        """Per-sample parameters ``self[index]``: lets one draw per class (n = C, non-siamese)
+        act as a siamese draw for every class of a batch that holds several classes."""
+        if self.siamese:
+            raise ValueError("take() needs non-siamese parameters (one row per group)")
+        return self._map(lambda t: t.index_select(0, index.to(t.device)), int(index.numel()))
 
 
 def _rand(n: int, gen: torch.Generator, *shape: int) -> torch.Tensor:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+from ..data import LabeledImages
+from ..normalization import Normalization
+from ..synthetic import SyntheticSet
+from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
 
 
 def sample_per_class(labels: torch.Tensor | np.ndarray, ipc: int, *, seed: int) -> np.ndarray:
@@ -19,3 +27,32 @@ def sample_per_class(labels: torch.Tensor | np.ndarray, ipc: int, *, seed: int) 
             raise ValueError(f"class {int(c)} has {len(members)} images, fewer than ipc={ipc}")
         chosen.append(np.sort(rng.choice(members, size=ipc, replace=False)))
     return np.concatenate(chosen)
+
+
+def coreset(train: LabeledImages, index: np.ndarray, normalization: Normalization,
+            metadata: dict) -> SyntheticSet:
+    """A coreset as a SyntheticSet (f = 1), so every condenser yields the same artefact."""
+    subset = train.subset(index)
+    return SyntheticSet(
+        images=normalization.normalize(subset.images), labels=subset.labels.clone(),
+        classes=train.classes, normalization=normalization, factor=1,
+        resolution=train.resolution, metadata={**metadata, "indices": index.tolist()},
+    )
+
+
+@CONDENSERS.register("random")
+@dataclass(frozen=True)
+class RandomCondenser:
+    name: str = "random"
+
+    def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
+                 seed: int, budget: Budget | None = None,
+                 on_snapshot: SnapshotCallback | None = None,
+                 progress: bool = True) -> SyntheticSet:
+        check_ipc(train, ipc)
+        start = time.perf_counter()
+        index = sample_per_class(train.labels, ipc, seed=seed)
+        return coreset(train, index, normalization, {
+            "method": self.name, "ipc": ipc, "seed": seed,
+            "seconds": time.perf_counter() - start,
+        })

@@ -1,0 +1,74 @@
+"""The ``Condenser`` interface: a real training split + ipc → a ``SyntheticSet``.
+
+Budgets are iterations and/or wall-clock seconds, so methods can be compared at equal cost;
+``on_snapshot`` receives intermediate synthetic sets at chosen iterations (paper Fig. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..data import LabeledImages
+from ..normalization import Normalization
+from ..registry import Registry
+from ..synthetic import SyntheticSet
+
+SnapshotCallback = Callable[[int, float, SyntheticSet], None]  # (iteration, seconds, set)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Stop after ``iterations`` or ``seconds``, whichever comes first (None = unlimited)."""
+
+    iterations: int | None = None
+    seconds: float | None = None
+    snapshots: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations < 0:
+            raise ValueError(f"budget iterations must be >= 0, got {self.iterations}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"budget seconds must be positive, got {self.seconds}")
+
+    def exhausted(self, iteration: int, seconds: float) -> bool:
+        return (self.iterations is not None and iteration >= self.iterations) or (
+            self.seconds is not None and seconds >= self.seconds
+        )
+
+
+class Condenser(Protocol):
+    name: str
+
+    def condense(
+        self,
+        train: LabeledImages,
+        ipc: int,
+        *,
+        normalization: Normalization,
+        seed: int,
+        budget: Budget | None = None,
+        on_snapshot: SnapshotCallback | None = None,
+        progress: bool = True,
+    ) -> SyntheticSet: ...
+
+
+CONDENSERS: Registry[Condenser] = Registry("condenser")
+
+
+def build_condenser(name: str, **kwargs: object) -> Condenser:
+    return CONDENSERS.get(name)(**kwargs)
+
+
+def check_ipc(train: LabeledImages, ipc: int) -> None:
+    """Refuse an ipc that no class can supply, before any work is done."""
+    if ipc < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc}")
+    counts = train.class_counts()
+    smallest = min(counts)
+    if ipc > smallest:
+        c = counts.index(smallest)
+        raise ValueError(
+            f"ipc={ipc} exceeds the {smallest} training images of class {train.classes[c]!r}"
+        )
