@@ -429,7 +429,7 @@ class SyntheticSet:
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.",
                                     suffix=".tmp"))
         try:
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; exports are meant to be shared
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; exports are shared
             for name in names:
                 (tmp / name).mkdir()
             seen = [0] * self.num_classes
