@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .condense import Budget, build_condenser, check_ipc
 from .condense.random import sample_per_class
 from .data import RetrievalSplit, make_split
 from .evaluation import JudgeConfig, evaluate_model, judge
 from .hashing import build_hash_method
 from .hashing.checkpoint import load_hashing_model, save_hashing_model
-from .hashing.trainer import TrainConfig
+from .hashing.trainer import TrainConfig, train_hashing_network
 from .normalization import Normalization
 from .records import (
     append_jsonl,
@@ -25,6 +26,7 @@ from .records import (
     versions,
     write_json,
 )
+from .synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,16 @@ def select_training_set(split: RetrievalSplit, subset: str, ipc: int | None, see
     raise ValueError(f"unknown subset {subset!r}; choose whole or random")
 
 
+def check_synthetic_matches(syn: SyntheticSet, split: RetrievalSplit, source: str) -> None:
+    """Refuse a synthetic set condensed from another protocol split or class list."""
+    fingerprint = syn.metadata.get("protocol_fingerprint")
+    if fingerprint is not None and fingerprint != split.fingerprint():
+        raise ValueError(f"{source}: condensed from split {fingerprint[:12]}, not from this "
+                         f"split {split.fingerprint()[:12]} (pass the same --dataset/--split-seed)")
+    if tuple(syn.classes) != tuple(split.classes):
+        raise ValueError(f"{source}: classes {list(syn.classes)} differ from the protocol's")
+
+
 def train_run(
     *,
     dataset: str,
@@ -64,55 +76,102 @@ def train_run(
     train_config: TrainConfig,
     seed: int,
     out: Path,
+    synthetic: Path | None = None,
     evaluate: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (and optionally evaluate) a hashing network; writes model + run.json under ``out``."""
+    """Train (and optionally evaluate) a hashing network on the protocol's train split, a random
+    subset of it, or a synthetic-set file; writes model + run.json (+ metrics.json) to ``out``."""
     if subset == "random" and (ipc is None or ipc < 1):
         raise ValueError("--subset random needs --ipc >= 1")
-    build_hash_method(hash_method)  # fail on a bad name before loading any data
+    method = build_hash_method(hash_method)  # fail on a bad name before loading any data
+    syn = SyntheticSet.load(synthetic) if synthetic is not None else None
+    if syn is not None and resolution is None:
+        resolution = syn.resolution
     split = make_split(dataset, data_root, seed=split_seed, resolution=resolution)
-    images, labels, chosen = select_training_set(split, subset, ipc, seed)
-    norm = Normalization.from_images(split.train.images)
+    chosen = None
+    if syn is not None:
+        check_synthetic_matches(syn, split, str(synthetic))
+        norm = syn.normalization
+        images, labels = syn.decode()
+        images = images.detach()
+    else:
+        norm = Normalization.from_images(split.train.images)
+        raw, labels, chosen = select_training_set(split, subset, ipc, seed)
+        images = norm.normalize(raw)
     backbone = backbone or default_backbone(split.train.resolution)
     config = JudgeConfig(backbone=backbone, hash_method=hash_method, bits=bits, train=train_config)
     start = time.perf_counter()
-    if evaluate:
-        result = judge(norm.normalize(images), labels, split, norm, config=config, seed=seed,
-                       progress=progress)
-        model, train_seconds, epochs = result.model, result.train_seconds, result.epochs
-    else:
-        from .hashing.trainer import train_hashing_network
-
-        trained = train_hashing_network(
-            norm.normalize(images), labels, method=build_hash_method(hash_method), bits=bits,
-            num_classes=len(split.classes), backbone=backbone, config=train_config, seed=seed,
-            progress=progress,
-        )
-        model, train_seconds, epochs = trained.model, trained.seconds, trained.epochs
-    method = build_hash_method(hash_method)
+    trained = train_hashing_network(
+        images, labels, method=method, bits=bits, num_classes=len(split.classes),
+        backbone=backbone, config=train_config, seed=seed, progress=progress,
+    )
     meta = {
         "backbone": backbone, "bits": bits, "num_classes": len(split.classes),
         "in_channels": split.train.channels, "resolution": split.train.resolution,
         "normalization": norm.to_dict(),
     }
-    save_hashing_model(out, model.cpu(), method, meta)
+    save_hashing_model(out, trained.model, method, meta)
     split.save_indices(out / SPLIT_FILE)
     run: dict[str, Any] = {
         "dataset": dataset, "protocol": split.describe(), "subset": subset, "ipc": ipc,
+        "synthetic": str(synthetic) if synthetic else None,
+        "synthetic_metadata": syn.metadata if syn is not None else None,
         "subset_indices": chosen, "seed": seed, "split_seed": split_seed,
-        "config": {**asdict(replace(config, train=train_config))},
-        "epochs": epochs, "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - start,
-        "versions": versions(), "machine": machine_info(),
+        "config": asdict(config), "epochs": trained.epochs,
+        "train_seconds": trained.seconds, "versions": versions(), "machine": machine_info(),
     }
     if evaluate:
-        run["metrics"] = result.metrics
-        run["encode_seconds"] = result.encode_seconds
-        run["metric_seconds"] = result.metric_seconds
-        write_json(out / "metrics.json", {"metrics": result.metrics, "model": str(out)})
+        metrics, enc_s, met_s = evaluate_model(trained.model, split, norm,
+                                               precision=train_config.precision,
+                                               progress=progress)
+        run.update(metrics=metrics, encode_seconds=enc_s, metric_seconds=met_s)
+        write_json(out / "metrics.json", {"metrics": metrics, "model": str(out)})
+    run["wall_seconds"] = time.perf_counter() - start
     write_json(out / "run.json", run)
     return run
+
+
+def condense_run(
+    *,
+    dataset: str,
+    data_root: str | None,
+    resolution: int | None,
+    split_seed: int,
+    method: str,
+    ipc: int,
+    seed: int,
+    out: Path,
+    iterations: int | None = None,
+    seconds: float | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
+    the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``."""
+    condenser = build_condenser(method, **(options or {}))  # bad name/options fail before work
+    if ipc < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc}")
+    budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
+    split = make_split(dataset, data_root, seed=split_seed, resolution=resolution)
+    check_ipc(split.train, ipc)
+    norm = Normalization.from_images(split.train.images)
+    start = time.perf_counter()
+    syn = condenser.condense(split.train, ipc, normalization=norm, seed=seed, budget=budget,
+                             progress=progress)
+    seconds_taken = time.perf_counter() - start
+    syn.metadata.update(dataset=dataset, protocol_fingerprint=split.fingerprint(),
+                        split_seed=split_seed, wall_seconds=seconds_taken)
+    out.mkdir(parents=True, exist_ok=True)
+    syn_path = syn.save(out / "synthetic")
+    preview = syn.export_grid_png(out / "preview.png")
+    record = {"dataset": dataset, "method": method, "ipc": ipc, "seed": seed,
+              "condense_seconds": seconds_taken, "synthetic": str(syn_path),
+              "preview": str(preview), "protocol": split.describe(),
+              "condenser": repr(condenser), "metadata": syn.metadata,
+              "versions": versions(), "machine": machine_info()}
+    write_json(out / "condense.json", record)
+    return record
 
 
 def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: str = "auto",

@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = api.train_run(
         dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
         split_seed=args.split_seed, subset=args.subset, ipc=args.ipc,
+        synthetic=Path(args.synthetic) if args.synthetic else None,
         hash_method=args.hash_method, backbone=args.backbone, bits=args.bits,
         train_config=_train_config(args), seed=args.seed, out=Path(args.out),
         evaluate=args.evaluate, progress=not args.quiet,
@@ -63,6 +64,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "metrics" in run:
         for name, value in run["metrics"].items():
             print(f"  {name:>18s}  {100 * value:6.2f}")
+    return 0
+
+
+def cmd_condense(args: argparse.Namespace) -> int:
+    from . import api
+
+    if args.factor is not None and args.factor < 1:
+        raise ValueError(f"--factor must be >= 1, got {args.factor}")
+    options = {k: v for k, v in (("network_aug", args.network_aug),
+                                 ("dataset_aug", args.dataset_aug),
+                                 ("factor", args.factor)) if v is not None}
+    record = api.condense_run(
+        dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
+        split_seed=args.split_seed, method=args.method, ipc=args.ipc, seed=args.seed,
+        out=Path(args.out), iterations=args.iterations, seconds=args.seconds, options=options,
+        progress=not args.quiet,
+    )
+    print(f"condensed {args.dataset} to {args.ipc} images/class with {args.method} in "
+          f"{record['condense_seconds']:.1f}s")
+    print(f"  synthetic set: {record['synthetic']}\n  preview:       {record['preview']}\n"
+          f"  record:        {Path(args.out) / 'condense.json'}")
     return 0
 
 
@@ -101,11 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p)
     p.add_argument("--subset", choices=("whole", "random"), default="whole")
+    p.add_argument("--synthetic", default=None,
+                   help="train on a synthetic-set file written by 'hashcondense condense'")
     p.add_argument("--ipc", type=int, default=None, help="images per class (with --subset random)")
     p.add_argument("--out", required=True, help="output folder for the model and run.json")
     p.add_argument("--evaluate", action="store_true", help="also evaluate on the protocol")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("condense", help="condense a train split into a few images per class")
+    _add_data_args(p)
+    p.add_argument("--method", required=True, help="iem, dm, herding, random")
+    p.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="iteration budget (default: the method's, e.g. IEM 200)")
+    p.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--factor", type=int, default=None, help="IEM multi-formation factor f")
+    p.add_argument("--no-network-aug", dest="network_aug", action="store_const", const=False,
+                   default=None, help="IEM ablation: no weight perturbation")
+    p.add_argument("--no-dataset-aug", dest="dataset_aug", action="store_const", const=False,
+                   default=None, help="IEM ablation: no multi-formation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_condense)
 
     p = sub.add_parser("evaluate", help="mAP and friends of a trained model, as JSON")
     p.add_argument("--model", required=True, help="folder written by 'hashcondense train'")

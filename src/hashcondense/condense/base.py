@@ -58,7 +58,11 @@ CONDENSERS: Registry[Condenser] = Registry("condenser")
 
 
 def build_condenser(name: str, **kwargs: object) -> Condenser:
-    return CONDENSERS.get(name)(**kwargs)
+    factory = CONDENSERS.get(name)
+    try:
+        return factory(**kwargs)
+    except TypeError as e:  # an option this method does not have
+        raise ValueError(f"condenser {name!r}: {e}") from None
 
 
 def check_ipc(train: LabeledImages, ipc: int) -> None:
