@@ -246,3 +246,48 @@ def test_train_then_evaluate_digits(tmp_path, capsys):
     assert evaluated["metrics"] == run["metrics"]
     assert evaluated["protocol"]["fingerprint"] == run["protocol"]["fingerprint"]
     assert evaluated["precision"] == "fp32"
+
+
+def test_condense_then_train_on_the_synthetic_file(tmp_path, capsys):
+    out = tmp_path / "syn"
+    code = main(["condense", "--dataset", "digits", "--method", "iem", "--ipc", "2",
+                 "--factor", "1", "--iterations", "3", "--out", str(out), "--quiet"])
+    assert code == 0
+    for name in ("synthetic.safetensors", "synthetic.json", "preview.png", "condense.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "condense.json").read_text())
+    assert record["metadata"]["iterations"] == 3 and record["ipc"] == 2
+    model = tmp_path / "model"
+    code = main(["train", "--dataset", "digits", "--synthetic", str(out / "synthetic.json"),
+                 "--epochs", "2", "--bits", "16", "--precision", "fp32", "--out", str(model),
+                 "--evaluate", "--quiet"])
+    assert code == 0
+    run = json.loads((model / "run.json").read_text())
+    assert run["synthetic_metadata"]["method"] == "iem"
+    assert 0.0 <= run["metrics"]["mAP@all"] <= 1.0
+
+
+def test_train_refuses_a_synthetic_set_from_another_split(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    code = main(["train", "--dataset", "digits", "--split-seed", "1", "--synthetic",
+                 str(out / "synthetic.json"), "--epochs", "1", "--out", str(tmp_path / "m"),
+                 "--quiet"])
+    assert code == 2
+    assert "split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--method", "nope", "--ipc", "2"], "nope"),
+    (["--method", "random", "--ipc", "999"], "ipc=999"),
+    (["--method", "iem", "--ipc", "1", "--factor", "0"], "factor"),
+    (["--method", "iem", "--ipc", "1", "--factor", "5"], "factor"),
+    (["--method", "random", "--ipc", "1", "--no-network-aug"], "network_aug"),
+])
+def test_condense_refuses_bad_arguments_with_one_line(tmp_path, capsys, argv, needle):
+    code = main(["condense", "--dataset", "digits", "--out", str(tmp_path / "o"), *argv])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+    assert not (tmp_path / "o" / "synthetic.json").exists()
