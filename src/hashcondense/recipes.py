@@ -1,0 +1,28 @@
+"""Training recipes of the judge, per compute profile — one place, shared by every benchmark so
+that all training sets of a comparison get the same training budget.
+
+Tiny sets (coresets and synthetic sets) are budgeted in optimiser *steps*, not epochs: a
+multi-formation set decodes to f² times more images than a coreset of the same ipc, and a step
+budget gives both the same compute (batch 256, or the whole set when smaller).
+"""
+
+from __future__ import annotations
+
+from .hashing.trainer import TrainConfig
+
+RECIPES: dict[str, dict[str, TrainConfig]] = {
+    # fits a 2-core CPU: ~300 steps on a tiny set, 40 epochs (800 steps) on a 5,000-image split
+    "cpu": {"subset": TrainConfig(epochs=1, min_steps=300), "whole": TrainConfig(epochs=40)},
+    # the dataset-condensation convention (1,000 epochs on the set) and a long whole-set run
+    "paper": {"subset": TrainConfig(epochs=1000), "whole": TrainConfig(epochs=200)},
+    # CI: proves the pipeline runs, says nothing about accuracy
+    "smoke": {"subset": TrainConfig(epochs=1, min_steps=3), "whole": TrainConfig(epochs=1)},
+}
+
+
+def training_recipe(profile: str, *, whole: bool) -> TrainConfig:
+    try:
+        recipes = RECIPES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose from {sorted(RECIPES)}") from None
+    return recipes["whole" if whole else "subset"]
