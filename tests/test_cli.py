@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashcondense.api import default_backbone, select_training_set
+from hashcondense.api import select_training_set
 from hashcondense.cli import build_parser, main
 from hashcondense.condense.random import sample_per_class
+from hashcondense.models import default_backbone
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,6 +17,7 @@ from .evaluation import JudgeConfig, evaluate_model, judge
 from .hashing import build_hash_method
 from .hashing.checkpoint import load_hashing_model, save_hashing_model
 from .hashing.trainer import TrainConfig, train_hashing_network
+from .models import default_backbone
 from .normalization import Normalization
 from .records import (
     append_jsonl,
@@ -31,11 +32,6 @@ from .synthetic import SyntheticSet
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
-
-
-def default_backbone(resolution: int) -> str:
-    """ConvNet-3 for low resolution (CIFAR), ResNetAP-10 above, as in the paper."""
-    return "convnet3" if resolution <= 32 else "resnetap10"
 
 
 def select_training_set(split: RetrievalSplit, subset: str, ipc: int | None, seed: int):
@@ -237,4 +233,4 @@ def demo(
     return rows
 
 
-__all__ = ["default_backbone", "demo", "evaluate_run", "select_training_set", "train_run"]
+__all__ = ["condense_run", "demo", "evaluate_run", "select_training_set", "train_run"]

@@ -56,7 +56,7 @@ def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int =
 @CONDENSERS.register("herding")
 @dataclass(frozen=True)
 class HerdingCondenser:
-    backbone: str = "convnet3"
+    backbone: str = "auto"
     feature_bits: int = 32
     feature_epochs: int = 20
     name: str = "herding"

@@ -53,7 +53,7 @@ class MatchingConfig:
     batch_real: int = 256
     factor: int = 1
     dsa: DSAConfig | None = field(default_factory=DSAConfig)
-    backbone: str = "convnet3"
+    backbone: str = "auto"  # ConvNet-3 up to 32 px, ResNetAP-10 above
     precision: str = "auto"
     device: str = "auto"
 

@@ -16,8 +16,15 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def default_backbone(resolution: int) -> str:
+    """ConvNet-3 for low resolution (CIFAR), ResNetAP-10 above, as in the paper."""
+    return "convnet3" if resolution <= 32 else "resnetap10"
+
+
 def build_backbone(name: str, *, in_channels: int, resolution: int) -> nn.Module:
-    """A freshly initialised backbone by registry name (its ``feature_dim`` set)."""
+    """A freshly initialised backbone by registry name ("auto": by resolution)."""
+    if name == "auto":
+        name = default_backbone(resolution)
     try:
         factory = BACKBONES[name]
     except KeyError:
@@ -25,4 +32,6 @@ def build_backbone(name: str, *, in_channels: int, resolution: int) -> nn.Module
     return factory(in_channels=in_channels, resolution=resolution)
 
 
-__all__ = ["BACKBONES", "ConvNet", "HashingNetwork", "ResNetAP10", "build_backbone"]
+__all__ = [
+    "BACKBONES", "ConvNet", "HashingNetwork", "ResNetAP10", "build_backbone", "default_backbone",
+]
