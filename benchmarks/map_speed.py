@@ -15,12 +15,9 @@ Run: ``python benchmarks/map_speed.py``; writes benchmarks/results/map_speed.{js
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,12 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from hashcondense.records import (  # noqa: E402
+    atomic_write_text,
+    machine_info,
+    versions,
+    write_json,
+)
 from hashcondense.retrieval import mean_average_precision  # noqa: E402
 
 SEED = 0
@@ -88,36 +91,9 @@ def time_it(fn, repeats: int = REPEATS) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def machine_info() -> dict:
-    import torch
-
-    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {
-        "processor": platform.processor(),
-        "uname": " ".join(platform.uname()),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "loadavg_at_start": load,
-    }
-
-
 def main() -> dict:
-    info = machine_info()
+    info = {**machine_info(), **versions(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     q, db, ql, dl = make_data()
     print(f"data: {N_QUERY} queries x {N_DB} db, {N_BITS} bits, {N_CLASSES} classes")
 
@@ -159,14 +135,14 @@ def main() -> dict:
         "map_values": values,
         "timings": timings,
     }
-    write_atomic(RESULTS / "map_speed.json", json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "map_speed.json", report)
 
     lines = [
         "# mAP speed: hashcondense vs naive",
         "",
         f"{N_QUERY} queries x {N_DB} database, {N_BITS} bits, {N_CLASSES} classes, "
         f"seed {SEED}; median of {REPEATS} runs after a warm-up. "
-        f"Machine: {info['processor'] or platform.machine()}, {info['cpu_count']} CPUs, "
+        f"Machine: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} CPUs, "
         f"numpy {info['numpy']}, torch {info['torch']}; {report['timestamp_utc']}.",
         "",
         "| metric | value | ours (s) | naive (s) | naive / ours |",
@@ -184,7 +160,7 @@ def main() -> dict:
         f"{info['loadavg_at_start']}.",
         "",
     ]
-    write_atomic(RESULTS / "map_speed.md", "\n".join(lines))
+    atomic_write_text(RESULTS / "map_speed.md", "\n".join(lines))
     print(f"wrote {RESULTS / 'map_speed.json'} and {RESULTS / 'map_speed.md'}")
     return report
 
