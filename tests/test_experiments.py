@@ -1,0 +1,37 @@
+"""Result store identity and resumption; training recipes."""
+
+import pytest
+
+from hashcondense.experiments import ResultStore, config_hash
+from hashcondense.recipes import RECIPES, training_recipe
+
+
+def test_config_hash_ignores_key_order_and_sees_every_value():
+    a = {"ipc": 10, "bits": 32, "nested": {"lr": 1.0, "f": 2}}
+    b = {"nested": {"f": 2, "lr": 1.0}, "bits": 32, "ipc": 10}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({**a, "bits": 64})
+    assert config_hash(a) != config_hash({**a, "nested": {"lr": 1.0, "f": 3}})
+    assert len(config_hash(a)) == 16
+
+
+def test_store_marks_cells_done_and_appends(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    assert store.done() == set() and store.rows() == []
+    store.add("abc", [{"metric": "mAP@1000", "map": 0.5}, {"metric": "mAP@all", "map": 0.4}])
+    store.add("def", [{"metric": "mAP@1000", "map": 0.6}])
+    assert store.done() == {"abc", "def"}
+    rows = ResultStore(tmp_path / "r.jsonl").rows()  # a fresh handle sees the same file
+    assert [r["cell"] for r in rows] == ["abc", "abc", "def"]
+    assert [r["map"] for r in rows] == [0.5, 0.4, 0.6]
+
+
+@pytest.mark.parametrize("profile", sorted(RECIPES))
+def test_every_profile_has_both_recipes(profile):
+    whole, subset = training_recipe(profile, whole=True), training_recipe(profile, whole=False)
+    assert whole.epochs >= 1 and subset.epochs >= 1
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(ValueError, match="gpu"):
+        training_recipe("gpu", whole=True)
