@@ -16,6 +16,7 @@ benchmarks/results/condense_<dataset>.jsonl, so a stopped run resumes. Markdown 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", choices=sorted(RECIPES), default="cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     split = make_split(args.dataset, args.data_root, seed=0, resolution=args.resolution)
     norm = Normalization.from_images(split.train.images)

@@ -176,7 +176,7 @@ def train_hashing_network(
     model.train()
     bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", leave=False,
                disable=None if progress else True)
-    for _epoch in bar:
+    for epoch in bar:
         order = torch.randperm(n, generator=generator, device=device)
         epoch_loss = 0.0
         for i in range(steps_per_epoch):
@@ -200,6 +200,9 @@ def train_hashing_network(
             step += 1
         losses.append(epoch_loss / steps_per_epoch)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if (epoch + 1) % max(1, epochs // 10) == 0:  # a heartbeat for logs without a TTY
+            log.info("epoch %d/%d loss %.4f (%.0fs)", epoch + 1, epochs, losses[-1],
+                     time.perf_counter() - start)
     seconds = time.perf_counter() - start
     log.info("trained %s %d-bit on %d images: %d epochs in %.1fs", method.name, bits, n,
              epochs, seconds)
