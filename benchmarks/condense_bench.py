@@ -16,6 +16,7 @@ benchmarks/results/condense_<dataset>.jsonl, so a stopped run resumes. Markdown 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import time
@@ -74,14 +75,23 @@ PAPER = {
 }
 
 
+def code_version() -> str:
+    """Hash of the sources a synthetic set depends on: a fix there invalidates cached sets."""
+    src = ROOT / "src" / "hashcondense"
+    files = sorted([*(src / "condense").glob("*.py"), src / "synthetic.py", src / "augment.py",
+                    *(src / "models").glob("*.py")])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
 def paper_value(dataset: str, variant: str, ipc: int, bits: int) -> float | None:
     pair = PAPER.get((dataset, variant), {}).get(ipc)
-    return None if pair is None else pair[0 if bits == 32 else 1]
+    return None if pair is None or bits not in (32, 64) else pair[(32, 64).index(bits)]
 
 
 def write_markdown(store: ResultStore, dataset: str, details: dict, path: Path) -> None:
     metric = "mAP@1000"
-    rows = [r for r in store.rows() if r["metric"] == metric and r["dataset"] == dataset]
+    rows = [r for r in store.rows() if r["metric"] == metric and r["dataset"] == dataset
+            and r["profile"] == details["profile"]]
     lines = [f"# Condensation on {dataset}: {metric} of DHD trained on each set", "",
              f"Profile `{details['profile']}`; machine {details['machine'].get('cpu_model', '?')} "
              f"({details['machine']['cpu_count']} cores); torch {details['versions']['torch']}; "
@@ -133,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 if method in ("dm", "iem"):
                     options = {**options, "iterations": iterations}
                 condenser = build_condenser(method, **options)
-                ckey = config_hash({"dataset": args.dataset, "resolution": res,
+                ckey = config_hash({"code": code_version(), "dataset": args.dataset,
+                                    "resolution": res,
                                     "protocol": split.fingerprint(), "variant": variant,
                                     "condenser": repr(condenser), "ipc": ipc, "seed": seed})
                 syn_path = CACHE / ckey / "synthetic.json"

@@ -33,7 +33,6 @@ from hashcondense.api import select_training_set  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
 from hashcondense.evaluation import JudgeConfig, judge  # noqa: E402
 from hashcondense.experiments import ResultStore, config_hash  # noqa: E402
-from hashcondense.hashing.trainer import encode_images  # noqa: E402
 from hashcondense.normalization import Normalization  # noqa: E402
 from hashcondense.recipes import RECIPES, training_recipe  # noqa: E402
 from hashcondense.records import (  # noqa: E402
@@ -67,6 +66,8 @@ def time_map(query, db, ql, dl) -> dict:
 
 
 def write_markdown(rows: list[dict], details: dict, path: Path) -> None:
+    rows = [r for r in rows if r["profile"] == details["profile"] and r["seed"] == details["seed"]]
+
     def cell_value(condenser, ipc, bits, metric):
         for r in rows:
             if (r["condenser"], r["ipc"], r["bits"], r["metric"]) == (condenser, ipc, bits,
@@ -143,21 +144,20 @@ def main(argv: list[str] | None = None) -> int:
                     "hash_method": "dhd", "seed": args.seed, "condense_seconds": 0.0,
                     "train_seconds": result.train_seconds, "profile": args.profile,
                     "machine": details["machine"].get("cpu_model", ""),
-                    "epochs": result.epochs, "encode_seconds": result.encode_seconds,
+                    "epochs": result.epochs, "encode_seconds": result.evaluation.encode_seconds,
                     "protocol_fingerprint": split.fingerprint()}
             store.add(key, metric_records(base, result.metrics))
             details["cells"][key] = {**cell, "metrics": result.metrics,
                                      "train_seconds": result.train_seconds,
-                                     "encode_seconds": result.encode_seconds,
+                                     "encode_seconds": result.evaluation.encode_seconds,
                                      "subset_indices": chosen}
             print(f"{condenser} ipc={ipc} {bits}b: " + ", ".join(
                 f"{k}={100 * v:.2f}" for k, v in result.metrics.items()) +
                 f" (train {result.train_seconds:.0f}s)", flush=True)
             if condenser == "whole" and bits == 64:
-                kw = dict(precision=config.train.precision)
-                q = encode_images(result.model, split.query.images, norm.normalize, **kw)
-                db = encode_images(result.model, split.database.images, norm.normalize, **kw)
-                details["map_speed"] = time_map(q, db, split.query.labels, split.database.labels)
+                ev = result.evaluation
+                details["map_speed"] = time_map(ev.query_codes, ev.db_codes,
+                                                split.query.labels, split.database.labels)
             write_json(details_path, details)
     write_markdown(store.rows(), details, args.out / "judge_cifar10.md")
     print(f"results in {store.path}, {details_path} and {args.out / 'judge_cifar10.md'}")

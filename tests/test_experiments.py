@@ -27,11 +27,18 @@ def test_store_marks_cells_done_and_appends(tmp_path):
 
 
 @pytest.mark.parametrize("profile", sorted(RECIPES))
-def test_every_profile_has_both_recipes(profile):
-    whole, subset = training_recipe(profile, whole=True), training_recipe(profile, whole=False)
-    assert whole.epochs >= 1 and subset.epochs >= 1
+def test_subsets_get_a_step_budget_so_decoded_sets_cost_the_same(profile):
+    """A multi-formation set decodes to f² more images; an epoch budget would give it f² more
+    steps than a coreset of the same ipc. Every profile must budget subsets in steps."""
+    import math
+
+    subset = training_recipe(profile, whole=False)
+    steps = [max(subset.epochs, math.ceil(subset.min_steps / math.ceil(n / subset.batch_size)))
+             * math.ceil(n / subset.batch_size) for n in (10, 40, 100, 400)]
+    assert max(steps) - min(steps) <= 2, steps
+    assert training_recipe(profile, whole=True) != subset
 
 
-def test_unknown_profile_is_refused():
-    with pytest.raises(ValueError, match="gpu"):
+def test_unknown_profile_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="cpu.*paper"):
         training_recipe("gpu", whole=True)

@@ -20,7 +20,6 @@ from .hashing.trainer import TrainConfig, train_hashing_network
 from .models import default_backbone
 from .normalization import Normalization
 from .records import (
-    append_jsonl,
     atomic_write_text,
     machine_info,
     metric_records,
@@ -51,7 +50,10 @@ def select_training_set(split: RetrievalSplit, subset: str, ipc: int | None, see
 def check_synthetic_matches(syn: SyntheticSet, split: RetrievalSplit, source: str) -> None:
     """Refuse a synthetic set condensed from another protocol split or class list."""
     fingerprint = syn.metadata.get("protocol_fingerprint")
-    if fingerprint is not None and fingerprint != split.fingerprint():
+    if fingerprint is None:
+        raise ValueError(f"{source}: records no protocol_fingerprint, so its split cannot be "
+                         "checked (condense with 'hashcondense condense')")
+    if fingerprint != split.fingerprint():
         raise ValueError(f"{source}: condensed from split {fingerprint[:12]}, not from this "
                          f"split {split.fingerprint()[:12]} (pass the same --dataset/--split-seed)")
     if tuple(syn.classes) != tuple(split.classes):
@@ -80,6 +82,8 @@ def train_run(
     subset of it, or a synthetic-set file; writes model + run.json (+ metrics.json) to ``out``."""
     if subset == "random" and (ipc is None or ipc < 1):
         raise ValueError("--subset random needs --ipc >= 1")
+    if synthetic is not None and (subset != "whole" or ipc is not None):
+        raise ValueError("--synthetic replaces --subset/--ipc; pass only one of them")
     method = build_hash_method(hash_method)  # fail on a bad name before loading any data
     syn = SyntheticSet.load(synthetic) if synthetic is not None else None
     if syn is not None and resolution is None:
@@ -118,11 +122,11 @@ def train_run(
         "train_seconds": trained.seconds, "versions": versions(), "machine": machine_info(),
     }
     if evaluate:
-        metrics, enc_s, met_s = evaluate_model(trained.model, split, norm,
-                                               precision=train_config.precision,
-                                               progress=progress)
-        run.update(metrics=metrics, encode_seconds=enc_s, metric_seconds=met_s)
-        write_json(out / "metrics.json", {"metrics": metrics, "model": str(out)})
+        ev = evaluate_model(trained.model, split, norm, precision=train_config.precision,
+                            progress=progress)
+        run.update(metrics=ev.metrics, encode_seconds=ev.encode_seconds,
+                   metric_seconds=ev.metric_seconds)
+        write_json(out / "metrics.json", {"metrics": ev.metrics, "model": str(out)})
     run["wall_seconds"] = time.perf_counter() - start
     write_json(out / "run.json", run)
     return run
@@ -174,14 +178,17 @@ def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: st
                  progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a trained model on the exact split it was trained against."""
     model, meta = load_hashing_model(model_dir)
-    run = json.loads((model_dir / "run.json").read_text(encoding="utf-8"))
+    run_path = model_dir / "run.json"
+    run = json.loads(run_path.read_text(encoding="utf-8"))
+    if "dataset" not in run:
+        raise ValueError(f"{run_path}: no 'dataset' field (not written by 'hashcondense train'?)")
     split = make_split(run["dataset"], data_root, resolution=meta["resolution"],
                        indices=model_dir / SPLIT_FILE)
     norm = Normalization(tuple(meta["normalization"]["mean"]),
                          tuple(meta["normalization"]["std"]))
-    metrics, enc_s, met_s = evaluate_model(model, split, norm, precision=precision,
-                                           progress=progress)
-    out = {"metrics": metrics, "encode_seconds": enc_s, "metric_seconds": met_s,
+    ev = evaluate_model(model, split, norm, precision=precision, progress=progress)
+    out = {"metrics": ev.metrics, "encode_seconds": ev.encode_seconds,
+           "metric_seconds": ev.metric_seconds,
            "protocol": split.describe(), "model": str(model_dir), "precision": precision,
            "versions": versions(), "machine": machine_info()}
     write_json(model_dir / "metrics.json", out)
@@ -223,8 +230,8 @@ def demo(
                 "protocol_fingerprint": split.fingerprint()}
         records += metric_records(base, result.metrics)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.jsonl").unlink(missing_ok=True)
-    append_jsonl(out / "results.jsonl", records)
+    atomic_write_text(out / "results.jsonl",
+                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     split.save_indices(out / SPLIT_FILE)
     lines = ["| training set | images | mAP@all | P@H<=2 | train s |", "|---|---|---|---|---|"]
     lines += [f"| {r['training_set']} | {r['images']} | {100 * r['mAP@all']:.2f} | "

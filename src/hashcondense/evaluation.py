@@ -28,14 +28,27 @@ class JudgeConfig:
 
 
 @dataclass
-class JudgeResult:
+class Evaluation:
+    """Retrieval metrics of one model on one split, with the codes they came from."""
+
     metrics: dict[str, float]
-    train_seconds: float
+    query_codes: torch.Tensor  # (n_query, K) int8 in {-1, +1}
+    db_codes: torch.Tensor  # (n_db, K) int8 in {-1, +1}
     encode_seconds: float
     metric_seconds: float
+
+
+@dataclass
+class JudgeResult:
+    evaluation: Evaluation
+    train_seconds: float
     epochs: int
     steps: int
     model: torch.nn.Module
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics
 
 
 def evaluate_model(
@@ -46,8 +59,8 @@ def evaluate_model(
     precision: str = "auto",
     batch_size: int = 500,
     progress: bool = False,
-) -> tuple[dict[str, float], float, float]:
-    """Metrics of a trained model on ``split`` plus (encode seconds, metric seconds)."""
+) -> Evaluation:
+    """Encode the split's queries and database with ``model`` and compute every metric."""
     start = time.perf_counter()
     kwargs = dict(batch_size=batch_size, precision=precision, progress=progress)
     query = encode_images(model, split.query.images, normalization.normalize, **kwargs)
@@ -57,7 +70,7 @@ def evaluate_model(
     topk = (split.topk,) if split.topk else ()
     metrics = evaluate_retrieval(query, database, split.query.labels, split.database.labels,
                                  topk=topk)
-    return metrics, encode_seconds, time.perf_counter() - start
+    return Evaluation(metrics, query, database, encode_seconds, time.perf_counter() - start)
 
 
 def judge(
@@ -78,10 +91,9 @@ def judge(
         num_classes=len(split.train.classes), backbone=config.backbone,
         config=config.train, seed=seed, progress=progress,
     )
-    metrics, enc_s, met_s = evaluate_model(
+    evaluation = evaluate_model(
         trained.model, split, normalization, precision=config.train.precision,
         batch_size=config.encode_batch_size, progress=progress,
     )
-    log.info("judge %s %d-bit: %s", config.hash_method, config.bits, metrics)
-    return JudgeResult(metrics, trained.seconds, enc_s, met_s, trained.epochs, trained.steps,
-                       trained.model)
+    log.info("judge %s %d-bit: %s", config.hash_method, config.bits, evaluation.metrics)
+    return JudgeResult(evaluation, trained.seconds, trained.epochs, trained.steps, trained.model)

@@ -48,8 +48,10 @@ def herding_select(features: torch.Tensor, k: int) -> list[int]:
 
 @torch.no_grad()
 def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 500):
+    """Features (N, D) on the CPU, computed in chunks on the backbone's device."""
     backbone.eval()
-    return torch.cat([backbone.embed(images[i : i + batch_size]).float()
+    device = next(backbone.parameters()).device
+    return torch.cat([backbone.embed(images[i : i + batch_size].to(device)).float().cpu()
                       for i in range(0, images.shape[0], batch_size)])
 
 

@@ -111,6 +111,9 @@ def match_distributions(
     amp = resolve_precision(config.precision, device)
     num_classes, f, res = len(train.classes), config.factor, train.resolution
     generator = torch.Generator().manual_seed(seed)
+    # the network hook draws from its own stream, so switching it off (ablation) leaves every
+    # real batch and augmentation draw unchanged
+    hook_generator = torch.Generator().manual_seed(seed + 7_919)
     stored, labels = initial_synthetic(train, ipc, f, normalization, generator)
     stored = stored.to(device).requires_grad_(True)
     syn_groups = decoded_labels(labels, f).to(device)
@@ -137,10 +140,10 @@ def match_distributions(
         net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                             seed=seed * 1_000_003 + it).to(device)
         if network_hook is not None:
-            network_hook(net, generator)
+            network_hook(net, hook_generator)
         net.requires_grad_(False)
-        real_idx = torch.cat([m[torch.randint(len(m), (min(config.batch_real, len(m)),),
-                                              generator=generator)] for m in members])
+        real_idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:config.batch_real]]
+                              for m in members])
         real_groups = train.labels[real_idx].to(device)
         x_real, x_syn = real[real_idx.to(device)], multi_formation_decode(stored, f, res)
         if config.dsa is not None:

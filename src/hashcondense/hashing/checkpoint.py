@@ -29,7 +29,7 @@ def save_hashing_model(
         raise ValueError(f"model metadata lacks {sorted(missing)}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(directory / WEIGHTS, save(state))
-    write_json(directory / META, {**meta, "hash_method": asdict(method)})
+    write_json(directory / META, {**meta, "hash_method": {"name": method.name, **asdict(method)}})
     return directory
 
 
@@ -42,14 +42,16 @@ def load_hashing_model(directory: str | os.PathLike) -> tuple[HashingNetwork, di
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (is {directory} a trained-model folder?)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    method_params = dict(meta["hash_method"])
-    name = method_params.pop("name")
-    method_params.pop("two_views", None)
-    method = build_hash_method(name, **method_params)
-    model = build_hashing_network(
-        method, backbone=meta["backbone"], bits=meta["bits"], num_classes=meta["num_classes"],
-        in_channels=meta["in_channels"], resolution=meta["resolution"], seed=0,
-    )
+    try:
+        method_params = dict(meta["hash_method"])
+        method = build_hash_method(method_params.pop("name"), **method_params)
+        model = build_hashing_network(
+            method, backbone=meta["backbone"], bits=meta["bits"],
+            num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+            resolution=meta["resolution"], seed=0,
+        )
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path}: missing or unexpected field ({e})") from None
     state = load_file(str(weights_path))
     try:
         model.load_state_dict(state, strict=True)

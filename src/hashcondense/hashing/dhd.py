@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,8 @@ class DHD:
     lambda_distill: float = 0.1
     lambda_quant: float = 0.1
     sigma: float = 0.5
-    name: str = "dhd"
-    two_views: bool = True
+    name: ClassVar[str] = "dhd"
+    two_views: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not (self.tau > 0 and math.isfinite(self.tau)):
