@@ -4,7 +4,9 @@ the loop that DM and IEM share.
 All classes go through one forward pass: instance norm has no cross-sample statistics, so a
 batch holding every class gives each image the features it would get alone. The siamese DSA
 draw is per class (one draw per class shared by its real and synthetic images), expanded to
-per-sample parameters with ``DSAParams.take``.
+per-sample parameters with ``DSAParams.take``. Two documented differences from the DM reference:
+in DSA mode "S" one augmentation family is drawn per iteration for all classes (the reference
+draws one per class); real batches are drawn per class without replacement.
 """
 
 from __future__ import annotations
