@@ -66,8 +66,6 @@ def time_map(query, db, ql, dl) -> dict:
 
 
 def write_markdown(rows: list[dict], details: dict, path: Path) -> None:
-    rows = [r for r in rows if r["profile"] == details["profile"] and r["seed"] == details["seed"]]
-
     def cell_value(condenser, ipc, bits, metric):
         for r in rows:
             if (r["condenser"], r["ipc"], r["bits"], r["metric"]) == (condenser, ipc, bits,
@@ -82,6 +80,14 @@ def write_markdown(rows: list[dict], details: dict, path: Path) -> None:
         f"`{details['protocol']['fingerprint'][:16]}`; profile `{details['profile']}`; "
         f"seed {details['seed']}; machine: {details['machine'].get('cpu_model', '?')}, "
         f"{details['machine']['cpu_count']} cores; torch {details['versions']['torch']}.",
+        "",
+        "Recipe (hashcondense/recipes.py): whole split "
+        f"{details['recipe']['whole']['epochs']} epochs at batch "
+        f"{details['recipe']['whole']['batch_size']}; random subsets "
+        f"{details['recipe']['subset']['min_steps']} steps at batch "
+        f"{details['recipe']['subset']['batch_size']} (or the whole subset when smaller); "
+        f"Adam lr {details['recipe']['whole']['lr']}, cosine schedule, precision "
+        f"`{details['recipe']['whole']['precision']}`.",
         "",
         "| training set | bits | mAP@1000 | paper | diff | mAP@all | train s | epochs |",
         "|---|---|---|---|---|---|---|---|",
@@ -125,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     details.update({"protocol": split.describe(), "profile": args.profile, "seed": args.seed,
                     "versions": versions(), "machine": machine_info()})
     details.setdefault("cells", {})
+    def cell_of(bits: int, s: str) -> tuple[dict, JudgeConfig]:
+        ipc = None if s == "whole" else int(s)
+        config = JudgeConfig(bits=bits, train=training_recipe(args.profile, whole=ipc is None))
+        return {"dataset": "cifar10", "condenser": "whole" if ipc is None else "random",
+                "ipc": ipc, "bits": bits, "seed": args.seed, "profile": args.profile,
+                "config": asdict(config), "protocol": split.fingerprint()}, config
+
     for bits in args.bits:
         for s in args.sets:
-            ipc = None if s == "whole" else int(s)
-            condenser = "whole" if ipc is None else "random"
-            config = JudgeConfig(bits=bits, train=training_recipe(args.profile, whole=ipc is None))
-            cell = {"dataset": "cifar10", "condenser": condenser, "ipc": ipc, "bits": bits,
-                    "seed": args.seed, "profile": args.profile, "config": asdict(config),
-                    "protocol": split.fingerprint()}
+            cell, config = cell_of(bits, s)
+            condenser, ipc = cell["condenser"], cell["ipc"]
             key = config_hash(cell)
             if key in done:
                 print(f"skip {condenser} ipc={ipc} {bits}b (done)", flush=True)
@@ -144,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     "hash_method": "dhd", "seed": args.seed, "condense_seconds": 0.0,
                     "train_seconds": result.train_seconds, "profile": args.profile,
                     "machine": details["machine"].get("cpu_model", ""),
-                    "epochs": result.epochs, "encode_seconds": result.evaluation.encode_seconds,
+                    "epochs": result.epochs, "steps": result.steps,
+                    "encode_seconds": result.evaluation.encode_seconds,
                     "protocol_fingerprint": split.fingerprint()}
             store.add(key, metric_records(base, result.metrics))
             details["cells"][key] = {**cell, "metrics": result.metrics,
@@ -159,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
                 details["map_speed"] = time_map(ev.query_codes, ev.db_codes,
                                                 split.query.labels, split.database.labels)
             write_json(details_path, details)
-    write_markdown(store.rows(), details, args.out / "judge_cifar10.md")
+    # the table shows the cells of this profile's current recipe only (older recipes stay in the
+    # store as history)
+    current = {config_hash(cell_of(b, s)[0]) for b in (32, 64) for s in ("whole", "1", "10", "50")}
+    details["recipe"] = {"whole": asdict(training_recipe(args.profile, whole=True)),
+                         "subset": asdict(training_recipe(args.profile, whole=False))}
+    write_json(details_path, details)
+    write_markdown([r for r in store.rows() if r["cell"] in current], details,
+                   args.out / "judge_cifar10.md")
     print(f"results in {store.path}, {details_path} and {args.out / 'judge_cifar10.md'}")
     return 0
 
