@@ -18,3 +18,14 @@ def data_root() -> pathlib.Path:
     if not candidate.is_dir():
         pytest.skip("real datasets not found: set HASHCONDENSE_DATA or place ../shared/data")
     return candidate
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test tensors are tiny: one intra-op thread is fastest and immune to a busy shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

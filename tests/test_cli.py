@@ -18,16 +18,6 @@ from hashcondense.cli import build_parser, main
 from hashcondense.condense.random import sample_per_class
 from hashcondense.models import default_backbone
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------
 # Parser and --help
 # ----------------------------------------------------------------------------------------------

@@ -18,14 +18,6 @@ from hashcondense.data import LabeledImages
 from hashcondense.normalization import Normalization
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_set(classes=3, per_class=12, side=16, seed=0) -> LabeledImages:
     """Each class a distinct mean colour plus noise: learnable, and class means differ."""
     g = torch.Generator().manual_seed(seed)

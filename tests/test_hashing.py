@@ -40,15 +40,6 @@ METHOD_NAMES = HASH_METHODS.names()
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_has_dhd():
     assert "dhd" in METHOD_NAMES
     assert isinstance(build_hash_method("dhd"), DHD)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,6 @@ from hashcondense.synthetic import (
 )
 
 NORM3 = Normalization((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The machine is shared; tiny tensors gain nothing from threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_set(ipc: int = 2, classes: int = 3, side: int = 8, factor: int = 1,
