@@ -12,7 +12,7 @@ from .hashing.trainer import TrainConfig
 
 RECIPES: dict[str, dict[str, TrainConfig]] = {
     # fits a 2-core CPU. Batch 32 (not 256): at equal compute, 6 epochs of the CIFAR-10 split
-    # gave mAP@1000 37.7 at batch 32, 34.6 at 64 and 23.8 at 256 (benchmarks/README.md)
+    # gave mAP@1000 37.7 at batch 32, 34.6 at 64 and 23.8 at 256 (benchmarks/calibrate_recipe.py)
     "cpu": {"subset": TrainConfig(epochs=1, min_steps=1000, batch_size=32),
             "whole": TrainConfig(epochs=40, batch_size=32)},
     # about the dataset-condensation convention (1,000 epochs of a 10-image-per-class set,
