@@ -23,7 +23,8 @@ def test_dhd_on_a_real_cifar10_subset_retrieves_far_above_chance(data_root):
                                 database=split.database.subset(range(0, 54000, 18)))
     norm = Normalization.from_images(split.train.images)
     idx = sample_per_class(split.train.labels, 40, seed=0)
-    config = JudgeConfig(bits=16, train=TrainConfig(epochs=1, min_steps=40, precision="fp32"))
+    config = JudgeConfig(bits=16, train=TrainConfig(epochs=1, min_steps=300, batch_size=32,
+                                                    precision="fp32"))
     torch.manual_seed(0)
     result = judge(norm.normalize(split.train.images[idx]), split.train.labels[idx], small, norm,
                    config=config, seed=0, progress=False)
