@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import DSAConfig, dsa
@@ -212,7 +211,7 @@ def train_hashing_network(
 
 @torch.no_grad()
 def encode_images(
-    model: nn.Module,
+    model: HashingNetwork,
     images: torch.Tensor,
     normalize,
     *,
@@ -232,6 +231,5 @@ def encode_images(
     for start in tqdm(chunks, desc="encode", leave=False, disable=None if progress else True):
         x = normalize(images[start : start + batch_size].to(device))
         with autocast(device, amp_dtype):
-            v = model(x)
-        out.append(torch.where(v.float() >= 0, 1, -1).to(torch.int8).cpu())
+            out.append(model.encode(x).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int8)
