@@ -3,6 +3,7 @@ versions, machine, wall times) so any number can be traced back and re-run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .condense import Budget, build_condenser, check_ipc
+from .condense.matching import MatchingConfig
 from .condense.random import sample_per_class
 from .data import RetrievalSplit, make_split
 from .evaluation import JudgeConfig, evaluate_model, judge
@@ -123,6 +125,7 @@ def train_run(
     }
     if evaluate:
         ev = evaluate_model(trained.model, split, norm, precision=train_config.precision,
+                            compile=train_config.compile,
                             progress=progress)
         run.update(metrics=ev.metrics, encode_seconds=ev.encode_seconds,
                    metric_seconds=ev.metric_seconds)
@@ -145,11 +148,17 @@ def condense_run(
     iterations: int | None = None,
     seconds: float | None = None,
     options: dict[str, Any] | None = None,
+    compile: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
-    the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``."""
+    the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``.
+
+    ``compile`` reaches condensers that run networks through the shared matching loop."""
     condenser = build_condenser(method, **(options or {}))  # bad name/options fail before work
+    if isinstance(getattr(condenser, "matching", None), MatchingConfig):
+        condenser = dataclasses.replace(
+            condenser, matching=dataclasses.replace(condenser.matching, compile=compile))
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
@@ -175,7 +184,7 @@ def condense_run(
 
 
 def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: str = "auto",
-                 progress: bool = True) -> dict[str, Any]:
+                 compile: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a trained model on the exact split it was trained against."""
     model, meta = load_hashing_model(model_dir)
     run_path = model_dir / "run.json"
@@ -186,7 +195,8 @@ def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: st
                        indices=model_dir / SPLIT_FILE)
     norm = Normalization(tuple(meta["normalization"]["mean"]),
                          tuple(meta["normalization"]["std"]))
-    ev = evaluate_model(model, split, norm, precision=precision, progress=progress)
+    ev = evaluate_model(model, split, norm, precision=precision, compile=compile,
+                        progress=progress)
     out = {"metrics": ev.metrics, "encode_seconds": ev.encode_seconds,
            "metric_seconds": ev.metric_seconds,
            "protocol": split.describe(), "model": str(model_dir), "precision": precision,

@@ -57,12 +57,13 @@ def evaluate_model(
     normalization: Normalization,
     *,
     precision: str = "auto",
+    compile: str = "off",
     batch_size: int = 500,
     progress: bool = False,
 ) -> Evaluation:
     """Encode the split's queries and database with ``model`` and compute every metric."""
     start = time.perf_counter()
-    kwargs = dict(batch_size=batch_size, precision=precision, progress=progress)
+    kwargs = dict(batch_size=batch_size, precision=precision, compile=compile, progress=progress)
     query = encode_images(model, split.query.images, normalization.normalize, **kwargs)
     database = encode_images(model, split.database.images, normalization.normalize, **kwargs)
     encode_seconds = time.perf_counter() - start
@@ -93,7 +94,7 @@ def judge(
     )
     evaluation = evaluate_model(
         trained.model, split, normalization, precision=config.train.precision,
-        batch_size=config.encode_batch_size, progress=progress,
+        compile=config.train.compile, batch_size=config.encode_batch_size, progress=progress,
     )
     log.info("judge %s %d-bit: %s", config.hash_method, config.bits, evaluation.metrics)
     return JudgeResult(evaluation, trained.seconds, trained.epochs, trained.steps, trained.model)

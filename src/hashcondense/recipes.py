@@ -13,11 +13,12 @@ from .hashing.trainer import TrainConfig
 RECIPES: dict[str, dict[str, TrainConfig]] = {
     # fits a 2-core CPU. Batch 32 (not 256): at equal compute, 6 epochs of the CIFAR-10 split
     # gave mAP@1000 37.7 at batch 32, 34.6 at 64 and 23.8 at 256 (benchmarks/calibrate_recipe.py)
-    "cpu": {"subset": TrainConfig(epochs=1, min_steps=1000, batch_size=32),
-            "whole": TrainConfig(epochs=40, batch_size=32)},
+    "cpu": {"subset": TrainConfig(epochs=1, min_steps=1000, batch_size=32, compile="auto"),
+            "whole": TrainConfig(epochs=40, batch_size=32, compile="auto")},
     # about the dataset-condensation convention (1,000 epochs of a 10-image-per-class set,
     # 2,000 steps at 50 per class) as a step budget, and a long whole-set run
-    "paper": {"subset": TrainConfig(epochs=1, min_steps=2000), "whole": TrainConfig(epochs=200)},
+    "paper": {"subset": TrainConfig(epochs=1, min_steps=2000, compile="auto"),
+              "whole": TrainConfig(epochs=200, compile="auto")},
     # CI: proves the pipeline runs, says nothing about accuracy
     "smoke": {"subset": TrainConfig(epochs=1, min_steps=3), "whole": TrainConfig(epochs=1)},
 }

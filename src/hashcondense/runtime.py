@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +64,55 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device.type, dtype=dtype):
         yield
+
+
+COMPILE_MODES = ("off", "on", "auto")
+
+
+def inductor_available(device: torch.device) -> bool:
+    """torch.compile's default backend needs CUDA/Triton on GPU and a C++ compiler on CPU."""
+    if not hasattr(torch, "compile"):
+        return False
+    if device.type == "cuda":
+        return True
+    return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
+def resolve_compile(mode: str, device: torch.device) -> bool:
+    """Whether to torch.compile: "auto" compiles where the backend can run."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "off":
+        return False
+    available = inductor_available(device)
+    if mode == "on" and not available:
+        raise ValueError(f"compile='on' but torch.compile cannot run on {device} here "
+                         "(no C++ compiler found for the CPU backend)")
+    return available
+
+
+class CompiledModule:
+    """``module``'s forward through torch.compile, falling back to eager on a compile failure.
+
+    Shapes are specialised (``dynamic=False``): our loops call with two or three fixed batch
+    sizes, and static kernels are the fast ones. Parameters stay graph inputs, so in-place
+    updates (optimiser steps, re-initialisation, weight perturbation) are seen by the kernels.
+    """
+
+    def __init__(self, module: nn.Module, enabled: bool) -> None:
+        self.module = module
+        self._compiled = torch.compile(module, dynamic=False) if enabled else None
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any backend failure: eager still works
+                log.warning("torch.compile failed (%s: %s); continuing in eager mode",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self._compiled = None
+        return self.module(*args, **kwargs)

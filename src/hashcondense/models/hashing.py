@@ -6,6 +6,11 @@ import torch
 from torch import nn
 
 
+def sign_codes(v: torch.Tensor) -> torch.Tensor:
+    """Continuous codes → int8 in {-1, +1}; 0 maps to +1 so every bit is defined."""
+    return torch.where(v >= 0, 1, -1).to(torch.int8)
+
+
 class HashingNetwork(nn.Module):
     """``forward`` returns continuous codes (N, K); ``encode`` their signs in {-1, +1}."""
 
@@ -19,6 +24,5 @@ class HashingNetwork(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Binary codes (N, K) in {-1, +1} (0 maps to +1 so every bit is defined)."""
-        v = self(x)
-        return torch.where(v >= 0, 1, -1).to(torch.int8)
+        """Binary codes (N, K) in {-1, +1}."""
+        return sign_codes(self(x))
