@@ -29,6 +29,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hashcondense.condense import build_condenser  # noqa: E402
+from hashcondense.condense.matching import with_compile  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
 from hashcondense.evaluation import JudgeConfig, judge  # noqa: E402
 from hashcondense.experiments import ResultStore, config_hash  # noqa: E402
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=None,
                    help="condensation iterations for dm/iem (default: IEM's 200 / 300)")
     p.add_argument("--profile", choices=sorted(RECIPES), default="cpu")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 method, options = VARIANTS[variant]
                 if method in ("dm", "iem"):
                     options = {**options, "iterations": iterations}
-                condenser = build_condenser(method, **options)
+                condenser = with_compile(build_condenser(method, **options), args.compile)
                 ckey = config_hash({"code": code_version(), "dataset": args.dataset,
                                     "resolution": res,
                                     "protocol": split.fingerprint(), "variant": variant,

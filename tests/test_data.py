@@ -554,3 +554,30 @@ def test_real_cifar10_protocol(real_cifar):
     assert split.train.class_counts() == [500] * 10
     assert split.query.class_counts() == [100] * 10
     assert split.fingerprint() == split_from_pools("cifar10", pools, seed=0).fingerprint()
+
+
+def test_validation_split_never_touches_queries_or_training_images(tree, tmp_path,
+                                                                    small_counts):
+    root = tmp_path / "root"
+    root.mkdir()
+    zip_tree(tree, root / "imagenette-128.zip")
+    split = make_split("imagenet10", root, seed=0)  # database includes the train images
+    val = split.validation(query_per_class=1, database_size=None, seed=3)
+    assert val.protocol == "imagenet10-validation"
+    assert val.train is split.train
+    q = set(val.query_index.tolist())
+    assert not q & set(split.train_index.tolist())  # training images never become queries
+    assert not q & set(val.database_index.tolist())
+    assert q | set(val.database_index.tolist()) == set(split.database_index.tolist())
+    assert sorted(val.query.labels.tolist()) == list(range(len(split.classes)))
+    again = split.validation(query_per_class=1, database_size=None, seed=3)
+    assert again.fingerprint() == val.fingerprint()
+    with pytest.raises(DataError, match="non-training database images"):
+        split.validation(query_per_class=10_000)
+
+
+def test_validation_split_database_size_on_digits():
+    split = make_split("digits", seed=0)
+    val = split.validation(query_per_class=20, database_size=500, seed=0)
+    assert (len(val.query), len(val.database)) == (200, 500)
+    assert not set(val.query_index.tolist()) & set(split.query_index.tolist())

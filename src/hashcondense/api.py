@@ -3,7 +3,6 @@ versions, machine, wall times) so any number can be traced back and re-run."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .condense import Budget, build_condenser, check_ipc
-from .condense.matching import MatchingConfig
+from .condense.matching import with_compile
 from .condense.random import sample_per_class
 from .data import RetrievalSplit, make_split
 from .evaluation import JudgeConfig, evaluate_model, judge
@@ -156,9 +155,7 @@ def condense_run(
 
     ``compile`` reaches condensers that run networks through the shared matching loop."""
     condenser = build_condenser(method, **(options or {}))  # bad name/options fail before work
-    if isinstance(getattr(condenser, "matching", None), MatchingConfig):
-        condenser = dataclasses.replace(
-            condenser, matching=dataclasses.replace(condenser.matching, compile=compile))
+    condenser = with_compile(condenser, compile)
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     budget = None if iterations is None and seconds is None else Budget(iterations, seconds)

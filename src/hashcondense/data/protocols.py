@@ -160,6 +160,40 @@ class RetrievalSplit:
             "index_pool": dict(self.index_pool),
         }
 
+    def validation(self, *, query_per_class: int = 100, database_size: int | None = 10_000,
+                   seed: int = 0) -> RetrievalSplit:
+        """A validation protocol carved from the database, for tuning without the query set.
+
+        Validation queries (``query_per_class`` per class) are database images that are not
+        training images; the validation database is the rest of the database (a random
+        ``database_size`` of it when given, to keep tuning cheap). The train split is unchanged.
+        """
+        rng = np.random.default_rng(seed)
+        db_labels = self.database.labels.numpy()
+        is_train = np.zeros(len(db_labels), dtype=bool)
+        if self.index_pool.get("train") == self.index_pool.get("database"):
+            is_train = np.isin(self.database_index, self.train_index)
+        picks = []
+        for c in range(len(self.classes)):
+            members = np.flatnonzero((db_labels == c) & ~is_train)
+            if len(members) < query_per_class:
+                raise DataError(f"class {self.classes[c]!r} has {len(members)} non-training "
+                                f"database images, fewer than {query_per_class} queries")
+            picks.append(rng.permutation(members)[:query_per_class])
+        val_query = np.sort(np.concatenate(picks))
+        rest = np.setdiff1d(np.arange(len(db_labels)), val_query)
+        if database_size is not None and database_size < len(rest):
+            rest = np.sort(rng.permutation(rest)[:database_size])
+        return RetrievalSplit(
+            protocol=f"{self.protocol}-validation", seed=seed,
+            query=self.database.subset(val_query), train=self.train,
+            database=self.database.subset(rest),
+            query_index=self.database_index[val_query], train_index=self.train_index,
+            database_index=self.database_index[rest], topk=self.topk,
+            pools=self.pools, index_pool={**self.index_pool,
+                                          "query": self.index_pool["database"]},
+        )
+
     def save_indices(self, path: str | os.PathLike) -> None:
         """Write the exact index lists as JSON (atomically) for :func:`make_split` to reuse."""
         payload = {

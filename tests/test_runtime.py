@@ -1,0 +1,85 @@
+"""The compile path must compute what eager computes, see in-place weight updates, and degrade
+to eager (never crash) when the backend fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hashcondense import runtime
+from hashcondense.condense.matching import fresh_network, reinitialise
+from hashcondense.hashing import build_hash_method
+from hashcondense.hashing.trainer import build_hashing_network, encode_images
+from hashcondense.runtime import CompiledModule, inductor_available, resolve_compile
+
+CPU = torch.device("cpu")
+needs_inductor = pytest.mark.skipif(not inductor_available(CPU),
+                                    reason="torch.compile's CPU backend needs a C++ compiler")
+
+
+def test_resolve_compile_modes(monkeypatch):
+    assert resolve_compile("off", CPU) is False
+    with pytest.raises(ValueError, match="compile must be one of"):
+        resolve_compile("sometimes", CPU)
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    assert resolve_compile("auto", CPU) is False  # no compiler: auto quietly stays eager
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+        resolve_compile("on", CPU)
+
+
+def test_compiled_module_falls_back_to_eager_on_backend_failure(caplog):
+    net = torch.nn.Linear(3, 2)
+    wrapped = CompiledModule(net, enabled=False)
+    assert not wrapped.compiled
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend exploded")
+
+    wrapped._compiled = broken
+    x = torch.randn(4, 3)
+    with caplog.at_level("WARNING"):
+        out = wrapped(x)
+    assert torch.equal(out, net(x))
+    assert not wrapped.compiled
+    assert "backend exploded" in caplog.text
+
+
+def test_reinitialise_reproduces_fresh_network():
+    net = fresh_network("convnet3", in_channels=3, resolution=16, seed=1)
+    reinitialise(net, "convnet3", in_channels=3, resolution=16, seed=5)
+    fresh = fresh_network("convnet3", in_channels=3, resolution=16, seed=5)
+    for a, b in zip(net.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_inductor
+def test_compiled_forward_tracks_in_place_weight_changes():
+    """One compiled module serves every re-initialised / perturbed network of a condensation."""
+    net = fresh_network("convnet3", in_channels=3, resolution=16, seed=0).requires_grad_(False)
+    compiled = CompiledModule(net, enabled=True)
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-4)
+        reinitialise(net, "convnet3", in_channels=3, resolution=16, seed=9)
+        for p in net.parameters():
+            p.mul_(1.5)
+        torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-4)
+    assert compiled.compiled
+
+
+@needs_inductor
+def test_compiled_encoding_pads_the_last_chunk_and_matches_eager():
+    method = build_hash_method("dhd")
+    model = build_hashing_network(method, backbone="convnet3", bits=16, num_classes=3,
+                                  in_channels=3, resolution=16, seed=0).eval()
+    images = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8)
+
+    def normalize(x):
+        return x.float() / 127.5 - 1
+
+    eager = encode_images(model, images, normalize, batch_size=4, precision="fp32")
+    fast = encode_images(model, images, normalize, batch_size=4, precision="fp32",
+                         compile="on")
+    assert fast.shape == (7, 16) and fast.dtype == torch.int8
+    # a bit may flip only where the continuous code is ~0; demand near-total agreement
+    assert (fast == eager).float().mean() > 0.99
