@@ -28,8 +28,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hashcondense.condense import build_condenser  # noqa: E402
-from hashcondense.condense.matching import with_compile  # noqa: E402
+from hashcondense.condense import build_condenser, with_compile  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
 from hashcondense.evaluation import JudgeConfig, judge  # noqa: E402
 from hashcondense.experiments import ResultStore, config_hash  # noqa: E402
@@ -52,7 +51,7 @@ CACHE = ROOT / "outputs" / "bench"
 # name → (registered condenser, options). The ablation variants switch IEM's two augmentations.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "random": ("random", {}),
-    "herding": ("herding", {"feature_epochs": 10}),
+    "herding": ("herding", {}),
     "dm": ("dm", {}),
     "iem": ("iem", {}),
     "iem-na": ("iem", {"dataset_aug": False}),  # network augmentation only

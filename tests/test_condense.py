@@ -15,6 +15,7 @@ from hashcondense.condense.matching import (
     match_distributions,
 )
 from hashcondense.data import LabeledImages
+from hashcondense.hashing.trainer import TrainConfig
 from hashcondense.normalization import Normalization
 
 
@@ -32,7 +33,7 @@ def tiny_set(classes=3, per_class=12, side=16, seed=0) -> LabeledImages:
 FAST = {
     "dm": dict(matching=MatchingConfig(batch_real=8, precision="fp32")),
     "iem": dict(matching=MatchingConfig(batch_real=8, precision="fp32")),
-    "herding": dict(feature_epochs=1),
+    "herding": dict(feature_train=TrainConfig(epochs=1)),
 }
 
 
@@ -197,3 +198,14 @@ def test_herding_first_pick_is_closest_to_mean_and_k_checked():
     assert herding_select(feats, 1) == [2] or herding_select(feats, 1) == [3]
     with pytest.raises(ValueError):
         herding_select(feats, 5)
+
+
+def test_with_compile_reaches_every_nested_runtime_config():
+    from hashcondense.condense import with_compile
+
+    iem = with_compile(build_condenser("iem"), "auto")
+    assert iem.matching.compile == "auto" and iem.matching.lr == IEM().matching.lr
+    herding = with_compile(build_condenser("herding"), "auto")
+    assert herding.feature_train.compile == "auto"
+    rnd = build_condenser("random")
+    assert with_compile(rnd, "auto") == rnd

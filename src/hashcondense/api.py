@@ -10,8 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .condense import Budget, build_condenser, check_ipc
-from .condense.matching import with_compile
+from .condense import Budget, build_condenser, check_ipc, with_compile
 from .condense.random import sample_per_class
 from .data import RetrievalSplit, make_split
 from .evaluation import JudgeConfig, evaluate_model, judge

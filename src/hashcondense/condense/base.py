@@ -6,6 +6,7 @@ Budgets are iterations and/or wall-clock seconds, so methods can be compared at 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,6 +64,18 @@ def build_condenser(name: str, **kwargs: object) -> Condenser:
         return factory(**kwargs)
     except TypeError as e:  # an option this method does not have
         raise ValueError(f"condenser {name!r}: {e}") from None
+
+
+def with_compile(condenser: Condenser, mode: str) -> Condenser:
+    """``condenser`` with every nested runtime config (matching loop, feature training) set to
+    torch.compile ``mode``; condensers that run no network come back unchanged."""
+    if not dataclasses.is_dataclass(condenser):
+        return condenser
+    changes = {f.name: dataclasses.replace(value, compile=mode)
+               for f in dataclasses.fields(condenser)
+               if dataclasses.is_dataclass(value := getattr(condenser, f.name))
+               and hasattr(value, "compile")}
+    return dataclasses.replace(condenser, **changes) if changes else condenser
 
 
 def check_ipc(train: LabeledImages, ipc: int) -> None:

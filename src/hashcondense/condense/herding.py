@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -60,7 +60,9 @@ def embed_all(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int =
 class HerdingCondenser:
     backbone: str = "auto"
     feature_bits: int = 32
-    feature_epochs: int = 20
+    # the calibrated CPU recipe's batch size; 20 epochs of the split ≈ 3,000 steps
+    feature_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=20, batch_size=32))
     name: str = "herding"
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
@@ -73,7 +75,7 @@ class HerdingCondenser:
         trained = train_hashing_network(
             images, train.labels, method=build_hash_method("dhd"), bits=self.feature_bits,
             num_classes=len(train.classes), backbone=self.backbone,
-            config=TrainConfig(epochs=self.feature_epochs), seed=seed, progress=progress,
+            config=self.feature_train, seed=seed, progress=progress,
         )
         features = embed_all(trained.model.backbone, images)
         index = []
@@ -82,6 +84,7 @@ class HerdingCondenser:
             index += members[herding_select(features[members], ipc)].tolist()
         log.info("herding: feature network %.0fs, selection done", trained.seconds)
         return coreset(train, np.asarray(index), normalization, {
-            "method": self.name, "ipc": ipc, "seed": seed, "feature_epochs": self.feature_epochs,
-            "feature_bits": self.feature_bits, "seconds": time.perf_counter() - start,
+            "method": self.name, "ipc": ipc, "seed": seed,
+            "feature_epochs": self.feature_train.epochs, "feature_bits": self.feature_bits,
+            "seconds": time.perf_counter() - start,
         })

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -76,14 +76,6 @@ class MatchingConfig:
             raise ValueError(f"batch_real must be >= 1, got {self.batch_real}")
         if self.factor < 1:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
-
-
-def with_compile(condenser: object, mode: str) -> object:
-    """``condenser`` with its matching loop set to compile ``mode`` (others are returned as is)."""
-    matching = getattr(condenser, "matching", None)
-    if not isinstance(matching, MatchingConfig):
-        return condenser
-    return replace(condenser, matching=replace(matching, compile=mode))
 
 
 NetworkHook = Callable[[nn.Module, torch.Generator], None]
