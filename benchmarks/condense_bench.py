@@ -20,8 +20,10 @@ import hashlib
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import torch
 
 try:
     import hashcondense  # noqa: F401
@@ -97,14 +99,16 @@ def write_markdown(store: ResultStore, dataset: str, details: dict, path: Path) 
              f"({details['machine']['cpu_count']} cores); torch {details['versions']['torch']}; "
              f"protocol fingerprint `{details['protocol']['fingerprint'][:16]}`.", "",
              "| method | ipc | bits | seed | mAP@1000 | paper | diff | iterations | "
-             "condense s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "judge steps | condense s | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["condenser"], r["ipc"], r["bits"], r["seed"])):
         paper = paper_value(dataset, r["condenser"], r["ipc"], r["bits"])
         ours = 100 * r["map"]
         lines.append(
             f"| {r['condenser']} | {r['ipc']} | {r['bits']} | {r['seed']} | {ours:.2f} | "
             + (f"{paper:.2f} | {ours - paper:+.2f}" if paper is not None else "– | –")
-            + f" | {r.get('iterations', '')} | {r['condense_seconds']:.0f} | "
+            + f" | {r.get('iterations', '')} | {r.get('judge_steps', '')} | "
+            f"{r['condense_seconds']:.0f} | "
             f"{r['train_seconds']:.0f} |")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -123,9 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="condensation iterations for dm/iem (default: IEM's 200 / 300)")
     p.add_argument("--profile", choices=sorted(RECIPES), default="cpu")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--batch-real", type=int, default=None,
+                   help="real images per class per dm/iem iteration (default 256)")
+    p.add_argument("--judge-steps", type=int, default=None,
+                   help="override the profile's training steps for every set")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     split = make_split(args.dataset, args.data_root, seed=0, resolution=args.resolution)
     norm = Normalization.from_images(split.train.images)
@@ -144,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 if method in ("dm", "iem"):
                     options = {**options, "iterations": iterations}
                 condenser = with_compile(build_condenser(method, **options), args.compile)
+                if args.batch_real is not None and hasattr(condenser, "matching"):
+                    condenser = replace(condenser, matching=replace(
+                        condenser.matching, batch_real=args.batch_real))
                 ckey = config_hash({"code": code_version(), "dataset": args.dataset,
                                     "resolution": res,
                                     "protocol": split.fingerprint(), "variant": variant,
@@ -151,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                 syn_path = CACHE / ckey / "synthetic.json"
                 syn, condense_seconds = None, None
                 for bits in args.bits:
-                    config = JudgeConfig(backbone=backbone, bits=bits,
-                                         train=training_recipe(args.profile, whole=False))
+                    train = training_recipe(args.profile, whole=False)
+                    if args.judge_steps is not None:
+                        train = replace(train, min_steps=args.judge_steps)
+                    config = JudgeConfig(backbone=backbone, bits=bits, train=train)
                     key = config_hash({"condense": ckey, "judge": asdict(config)})
                     if key in done:
                         print(f"skip {variant} ipc={ipc} {bits}b seed={seed}", flush=True)
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                             "train_seconds": result.train_seconds, "profile": args.profile,
                             "machine": details["machine"].get("cpu_model", ""),
                             "iterations": syn.metadata.get("iterations"),
+                            "batch_real": syn.metadata.get("batch_real"),
+                            "judge_steps": result.steps,
                             "factor": syn.factor, "resolution": res, "backbone": backbone,
                             "protocol_fingerprint": split.fingerprint(), "condense_cell": ckey}
                     store.add(key, metric_records(base, result.metrics))

@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                     images, labels = syn.decode()
                     result = judge(images.detach(), labels, val, syn.normalization,
                                    config=config, seed=seed, progress=sys.stderr.isatty())
-                    base = {"method": args.method, "ipc": args.ipc, "lr": lr,
+                    base = {"dataset": args.dataset, "condenser": args.method,
+                            "hash_method": "dhd", "profile": "cpu-validation",
+                            "method": args.method, "ipc": args.ipc, "lr": lr,
                             "batch_real": batch_real, "steps": steps, "bits": args.bits,
                             "seed": seed, "iterations": args.iterations,
                             "condense_seconds": syn.metadata["wall_seconds"],
