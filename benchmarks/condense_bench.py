@@ -107,7 +107,7 @@ def write_markdown(store: ResultStore, dataset: str, details: dict, path: Path) 
         lines.append(
             f"| {r['condenser']} | {r['ipc']} | {r['bits']} | {r['seed']} | {ours:.2f} | "
             + (f"{paper:.2f} | {ours - paper:+.2f}" if paper is not None else "– | –")
-            + f" | {r.get('iterations', '')} | {r.get('judge_steps', '')} | "
+            + f" | {r.get('iterations') or '–'} | {r.get('judge_steps', '')} | "
             f"{r['condense_seconds']:.0f} | "
             f"{r['train_seconds']:.0f} |")
     atomic_write_text(path, "\n".join(lines) + "\n")
