@@ -8,6 +8,9 @@ train DHD on every synthetic set (same step budget for all), report mAP beside t
     python benchmarks/condense_bench.py --dataset imagenet10 --resolution 32 \
         --methods random dm iem --ipcs 1 3 --bits 32 --iterations 100 --batch-real 64 \
         --judge-steps 500            # the CPU-sized ImageNet10 run as committed
+    python benchmarks/condense_bench.py --dataset cifar10 --methods iem --ipcs 10 --bits 32 \
+        --seeds 0 1 2 --precision bf16 --tag precision   # then again with --precision fp32:
+                                     # the fast path's mAP against fp32's seed-to-seed spread
 
 Each synthetic set is condensed once (cached under outputs/bench/, git-ignored) and reused for
 every bit length; each (condense, train) cell is keyed by its full config in
@@ -99,18 +102,34 @@ def write_markdown(store: ResultStore, dataset: str, details: dict, path: Path) 
              f"Profile `{details['profile']}`; machine {details['machine'].get('cpu_model', '?')} "
              f"({details['machine']['cpu_count']} cores); torch {details['versions']['torch']}; "
              f"protocol fingerprint `{details['protocol']['fingerprint'][:16]}`.", "",
-             "| method | ipc | bits | seed | mAP@1000 | paper | diff | iterations | "
+             "| method | ipc | bits | precision | seed | mAP@1000 | paper | diff | iterations | "
              "judge steps | condense s | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["condenser"], r["ipc"], r["bits"], r["seed"])):
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict) -> tuple:
+        return r["condenser"], r["ipc"], r["bits"], r.get("precision", "auto")
+
+    for r in sorted(rows, key=lambda r: (*cell(r), r["seed"])):
         paper = paper_value(dataset, r["condenser"], r["ipc"], r["bits"])
         ours = 100 * r["map"]
         lines.append(
-            f"| {r['condenser']} | {r['ipc']} | {r['bits']} | {r['seed']} | {ours:.2f} | "
+            f"| {r['condenser']} | {r['ipc']} | {r['bits']} | {cell(r)[3]} | {r['seed']} | "
+            f"{ours:.2f} | "
             + (f"{paper:.2f} | {ours - paper:+.2f}" if paper is not None else "– | –")
             + f" | {r.get('iterations') or '–'} | {r.get('judge_steps', '')} | "
             f"{r['condense_seconds']:.0f} | "
             f"{r['train_seconds']:.0f} |")
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(cell(r), []).append(100 * r["map"])
+    if any(len(v) > 1 for v in groups.values()):
+        lines += ["", "Over seeds (mean ± sample std):", "",
+                  "| method | ipc | bits | precision | seeds | mAP@1000 |",
+                  "|---|---|---|---|---|---|"]
+        for key in sorted(groups):
+            v = torch.tensor(groups[key], dtype=torch.float64)
+            std = f" ± {v.std().item():.2f}" if len(v) > 1 else ""
+            lines.append(f"| {' | '.join(map(str, key))} | {len(v)} | {v.mean().item():.2f}{std} |")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -132,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="real images per class per dm/iem iteration (default 256)")
     p.add_argument("--judge-steps", type=int, default=None,
                    help="override the profile's training steps for every set")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="condensation and judge precision (auto: bf16 where native)")
+    p.add_argument("--tag", default=None,
+                   help="suffix of the result files (condense_<dataset>-<tag>.*)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -145,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone = default_backbone(res)
     iterations = args.iterations or (200 if args.dataset == "cifar10" else 300)
     name = args.dataset if args.resolution is None else f"{args.dataset}-{res}px"
+    name = name if args.tag is None else f"{name}-{args.tag}"
     store = ResultStore(args.out / f"condense_{name}.jsonl")
     details = {"protocol": split.describe(), "profile": args.profile, "versions": versions(),
                "machine": machine_info(), "iterations": iterations, "backbone": backbone}
@@ -156,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                 if method in ("dm", "iem"):
                     options = {**options, "iterations": iterations}
                 condenser = with_compile(build_condenser(method, **options), args.compile)
-                if args.batch_real is not None and hasattr(condenser, "matching"):
+                if hasattr(condenser, "matching"):
                     condenser = replace(condenser, matching=replace(
-                        condenser.matching, batch_real=args.batch_real))
+                        condenser.matching, precision=args.precision,
+                        batch_real=args.batch_real or condenser.matching.batch_real))
                 ckey = config_hash({"code": code_version(), "dataset": args.dataset,
                                     "resolution": res,
                                     "protocol": split.fingerprint(), "variant": variant,
@@ -166,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 syn_path = CACHE / ckey / "synthetic.json"
                 syn, condense_seconds = None, None
                 for bits in args.bits:
-                    train = training_recipe(args.profile, whole=False)
+                    train = replace(training_recipe(args.profile, whole=False),
+                                    precision=args.precision)
                     if args.judge_steps is not None:
                         train = replace(train, min_steps=args.judge_steps)
                     config = JudgeConfig(backbone=backbone, bits=bits, train=train)
@@ -199,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                             "machine": details["machine"].get("cpu_model", ""),
                             "iterations": syn.metadata.get("iterations"),
                             "batch_real": syn.metadata.get("batch_real"),
-                            "judge_steps": result.steps,
+                            "judge_steps": result.steps, "precision": args.precision,
                             "factor": syn.factor, "resolution": res, "backbone": backbone,
                             "protocol_fingerprint": split.fingerprint(), "condense_cell": ckey}
                     store.add(key, metric_records(base, result.metrics))

@@ -135,6 +135,15 @@ def test_condensation_is_deterministic_under_a_seed():
     assert not torch.allclose(runs[0], runs[2])
 
 
+def test_real_chunking_leaves_condensation_unchanged():
+    train = tiny_set(per_class=12)
+    norm = Normalization.from_images(train.images)
+    runs = [IEM(matching=MatchingConfig(batch_real=12, precision="fp32", real_chunk=chunk))
+            .condense(train, 1, normalization=norm, seed=0, budget=Budget(iterations=2),
+                      progress=False).images for chunk in (0, 5)]
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("mode", ["filter", "layer"])
 def test_perturbation_has_the_norm_of_the_weights_times_alpha(mode):
     net = fresh_network("convnet3", in_channels=3, resolution=16, seed=0)

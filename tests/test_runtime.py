@@ -83,3 +83,32 @@ def test_compiled_encoding_pads_the_last_chunk_and_matches_eager():
     assert fast.shape == (7, 16) and fast.dtype == torch.int8
     # a bit may flip only where the continuous code is ~0; demand near-total agreement
     assert (fast == eager).float().mean() > 0.99
+
+
+def test_pad_batch_repeats_the_last_sample():
+    x = torch.arange(6.0).view(3, 2)
+    padded = runtime.pad_batch(x, 5)
+    assert padded.shape == (5, 2)
+    torch.testing.assert_close(padded[:3], x)
+    torch.testing.assert_close(padded[3:], x[-1:].expand(2, 2))
+    assert runtime.pad_batch(x, 2) is x
+
+
+@pytest.mark.parametrize("chunk,pad", [(4, False), (4, True), (64, True), (None, False)])
+def test_chunked_forward_equals_one_batch(chunk, pad):
+    net = fresh_network("convnet3", in_channels=3, resolution=16, seed=0).eval()
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape[0])
+        return net(x)
+
+    x = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = runtime.chunked_forward(forward, x, chunk, pad=pad)
+        torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
+    if chunk == 4:  # 10 = 4 + 4 + 2; padding makes the last call full-sized
+        assert calls == ([4, 4, 4] if pad else [4, 4, 2])
+    else:
+        assert calls == [10]
+

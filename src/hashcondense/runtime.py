@@ -116,3 +116,30 @@ class CompiledModule:
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
                 self._compiled = None
         return self.module(*args, **kwargs)
+
+
+def default_chunk(device: torch.device) -> int | None:
+    """Images per forward chunk: 64 on CPU, where a chunk's activations stay cache-resident
+    (the no-grad ConvNet-3 forward of 2,560 CIFAR images measured 1.7x faster in chunks of 64
+    than in one batch on a 2-core Xeon); None (one batch) on accelerators."""
+    return 64 if device.type == "cpu" else None
+
+
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Repeat the last sample until the batch has ``size`` rows: a shape-specialised compiled
+    module then sees one shape. Only valid for per-sample maths (no batch statistics)."""
+    if x.shape[0] >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
+
+
+def chunked_forward(forward, x: torch.Tensor, chunk: int | None, *, pad: bool) -> torch.Tensor:
+    """``forward`` over ``x`` in chunks, concatenated; ``pad`` pads the last chunk to the chunk
+    size (for compiled modules). Only for per-sample maths: outputs equal one big batch's."""
+    if chunk is None or x.shape[0] <= chunk:
+        return forward(x)
+    outputs = []
+    for part in x.split(chunk):
+        n = part.shape[0]
+        outputs.append(forward(pad_batch(part, chunk) if pad else part)[:n])
+    return torch.cat(outputs)

@@ -22,6 +22,7 @@ from ..runtime import (
     COMPILE_MODES,
     CompiledModule,
     autocast,
+    pad_batch,
     resolve_compile,
     resolve_device,
     resolve_precision,
@@ -86,6 +87,7 @@ class TrainResult:
     epochs: int
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time per epoch
 
 
 def _augmenter(strategy: str, mode: str):
@@ -182,12 +184,14 @@ def train_hashing_network(
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     losses: list[float] = []
+    epoch_seconds: list[float] = []
     step = 0
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", leave=False,
                disable=None if progress else True)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=generator, device=device)
         epoch_loss = 0.0
         for i in range(steps_per_epoch):
@@ -210,6 +214,7 @@ def train_hashing_network(
             epoch_loss += loss.item()
             step += 1
         losses.append(epoch_loss / steps_per_epoch)
+        epoch_seconds.append(time.perf_counter() - epoch_start)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (epoch + 1) % max(1, epochs // 10) == 0:  # a heartbeat for logs without a TTY
             log.info("epoch %d/%d loss %.4f (%.0fs)", epoch + 1, epochs, losses[-1],
@@ -218,7 +223,8 @@ def train_hashing_network(
     log.info("trained %s %d-bit on %d images: %d epochs in %.1fs", method.name, bits, n,
              epochs, seconds)
     model.eval()
-    return TrainResult(model=model, seconds=seconds, epochs=epochs, steps=step, losses=losses)
+    return TrainResult(model=model, seconds=seconds, epochs=epochs, steps=step, losses=losses,
+                       epoch_seconds=epoch_seconds)
 
 
 @torch.no_grad()
@@ -248,8 +254,6 @@ def encode_images(
     for start in tqdm(chunks, desc="encode", leave=False, disable=None if progress else True):
         x = normalize(images[start : start + batch_size].to(device))
         n = x.shape[0]
-        if compiled and n < batch_size:
-            x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
         with autocast(device, amp_dtype):
-            out.append(sign_codes(forward(x)[:n]).cpu())
+            out.append(sign_codes(forward(pad_batch(x, batch_size) if compiled else x)[:n]).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int8)
