@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from hashcondense.condense import CONDENSERS, Budget, build_condenser
+from hashcondense.condense.dsa import DSAMatchingConfig
 from hashcondense.condense.herding import herding_select
+from hashcondense.condense.idc import IDCMatchingConfig
 from hashcondense.condense.iem import IEM, PerturbConfig, perturb_weights
 from hashcondense.condense.matching import (
     MatchingConfig,
@@ -34,6 +36,9 @@ FAST = {
     "dm": dict(matching=MatchingConfig(batch_real=8, precision="fp32")),
     "iem": dict(matching=MatchingConfig(batch_real=8, precision="fp32")),
     "herding": dict(feature_train=TrainConfig(epochs=1)),
+    "dsa": dict(matching=DSAMatchingConfig(batch_real=8, precision="fp32")),
+    "idc": dict(matching=IDCMatchingConfig(batch_real=8, inner_loop=2, n_data=16,
+                                           precision="fp32")),
 }
 
 
