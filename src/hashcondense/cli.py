@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("condense", help="condense a train split into a few images per class")
     _add_data_args(p)
-    p.add_argument("--method", required=True, help="iem, dm, herding, random")
+    p.add_argument("--method", required=True, help="iem, dm, herding, random, dsa, idc")
     p.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
     p.add_argument("--iterations", type=int, default=None,
                    help="iteration budget (default: the method's, e.g. IEM 200)")
