@@ -11,6 +11,9 @@ train DHD on every synthetic set (same step budget for all), report mAP beside t
     python benchmarks/condense_bench.py --dataset cifar10 --methods iem --ipcs 10 --bits 32 \
         --seeds 0 1 2 --precision bf16 --tag precision   # then again with --precision fp32:
                                      # the fast path's mAP against fp32's seed-to-seed spread
+    python benchmarks/condense_bench.py --dataset cifar10 --methods iem --ipcs 50 --bits 32 \
+        --seeds 0 1 2 --precision bf16 --tag precision --iterations 30 --judge-steps 500
+                                     # the same at ipc 50 on CPU-sized budgets (and fp32)
 
 Each synthetic set is condensed once (cached under outputs/bench/, git-ignored) and reused for
 every bit length; each (condense, train) cell is keyed by its full config in
