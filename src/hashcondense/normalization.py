@@ -36,8 +36,12 @@ class Normalization:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) → float32 normalised."""
-        mean, std = self._stats(images)
-        return (images.float() / 255 - mean) / std
+        return self.normalize_unit(images.float() / 255)
+
+    def normalize_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 1] → normalised (differentiable; the inverse of denormalize)."""
+        mean, std = self._stats(x)
+        return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float → float pixels in [0, 1] (clamped)."""

@@ -25,14 +25,11 @@ first-order passes only — the real-batch gradients and the inner-loop network 
 
 from __future__ import annotations
 
-import logging
-import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..augment import DSAConfig, DSAParams, apply_dsa, sample_dsa_params
 from ..data import LabeledImages
@@ -53,11 +50,10 @@ from .gradient_matching import (
     match_loss,
     matched_parameters,
     reinitialise_classifier,
+    run_budgeted,
     sample_without_replacement,
 )
 from .matching import initial_synthetic
-
-log = logging.getLogger(__name__)
 
 DSA_ITERATIONS = 1_000  # the reference budget; pass a smaller Budget on a CPU
 #: ipc → (outer_loop, inner_loop), the reference's get_loops table
@@ -218,36 +214,18 @@ def condense_dsa(train: LabeledImages, ipc: int, *, config: DSAMatchingConfig,
                       "dsa": config.dsa.strategy if config.dsa else "none"},
         )
 
-    total_its = budget.iterations if budget.iterations is not None else math.inf
-    bar = tqdm(total=None if math.isinf(total_its) else total_its,
-               desc=f"condense {method} ipc={ipc}", disable=None if progress else True,
-               leave=False)
-    start, it, steps, loss_value = time.perf_counter(), 0, 0, float("nan")
-    stopped = False
-    while not stopped and not budget.exhausted(it, time.perf_counter() - start):
+    def iteration(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
         reinitialise_classifier(net, config.backbone, in_channels=channels, resolution=res,
                                 num_classes=num_classes, seed=seed * 1_000_003 + it)
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net)
+        loss = float("nan")
         for ol in range(outer):
-            loss_value = image_step()
-            steps += 1
-            if budget.exhausted(it, time.perf_counter() - start):  # wall clock, mid-iteration
-                stopped = True
-                break
+            loss = image_step()
+            if out_of_time():
+                return loss, ol + 1, False
             if ol < outer - 1:
                 train_network(net_opt)
-        if stopped:
-            break
-        it += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if on_snapshot is not None and it in budget.snapshots:
-            elapsed = time.perf_counter() - start
-            on_snapshot(it, elapsed, snapshot(it, steps, elapsed))
-    bar.close()
-    seconds = time.perf_counter() - start
-    log.info("%s ipc=%d: %d iterations (%d image steps) in %.1fs, final loss %.4f", method, ipc,
-             it, steps, seconds, loss_value)
-    result = snapshot(it, steps, seconds)
-    result.metadata["final_loss"] = loss_value
-    return result
+        return loss, outer, True
+
+    return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
+                        desc=f"condense {method} ipc={ipc}", progress=progress)

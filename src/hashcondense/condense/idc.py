@@ -43,14 +43,12 @@ first-order passes only — the real-batch gradients and the network's training 
 
 from __future__ import annotations
 
-import logging
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..augment import DSAConfig, apply_dsa, sample_dsa_params
 from ..data import LabeledImages
@@ -71,11 +69,10 @@ from .gradient_matching import (
     match_loss,
     matched_parameters,
     reinitialise_classifier,
+    run_budgeted,
     sample_without_replacement,
 )
 from .iem import default_factor
-
-log = logging.getLogger(__name__)
 
 IDC_ITERATIONS = 2_000  # the reference's CIFAR budget; pass a smaller Budget on a CPU
 
@@ -236,8 +233,6 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
         tiles.append(multi_formation_init(train.images[pick].float() / 255, f, res))
     stored = torch.cat(tiles).to(device).requires_grad_(True)  # pixels in [0, 1]
     labels = torch.arange(num_classes).repeat_interleave(ipc)
-    mean = torch.tensor(normalization.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(normalization.std, device=device).view(1, -1, 1, 1)
     real = normalization.normalize(train.images).to(device)
     real_labels = train.labels.to(device)
     image_opt = torch.optim.SGD([stored], lr=lr, momentum=config.momentum)
@@ -250,7 +245,8 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
     def class_step(c: int) -> float:
         x_real = real[sample_without_replacement(members[c], config.batch_real,
                                                  generator).to(device)]
-        x_syn = multi_formation_decode((stored[c * ipc:(c + 1) * ipc] - mean) / std, f, res)
+        x_syn = multi_formation_decode(normalization.normalize_unit(stored[c * ipc:(c + 1) * ipc]),
+                                       f, res)
         if x_syn.shape[0] > config.batch_syn_max:
             keep = torch.randperm(x_syn.shape[0], generator=generator)[:config.batch_syn_max]
             x_syn = x_syn[keep.to(device)]
@@ -291,8 +287,9 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
 
     def snapshot(iterations: int, steps: int, seconds: float) -> SyntheticSet:
         return SyntheticSet(
-            images=((stored.detach().float() - mean) / std).cpu(), labels=labels.clone(),
-            classes=train.classes, normalization=normalization, factor=f, resolution=res,
+            images=normalization.normalize_unit(stored.detach().float()).cpu(),
+            labels=labels.clone(), classes=train.classes, normalization=normalization,
+            factor=f, resolution=res,
             metadata={"method": method, "ipc": ipc, "seed": seed, "iterations": iterations,
                       "steps": steps, "seconds": seconds, "factor": f, "preset": preset_name,
                       "lr": lr, "momentum": config.momentum, "distance": distance,
@@ -309,14 +306,10 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
 
     n_real = len(real)
     steps_per_inner = math.ceil(n_data / config.batch_real)
-    total_its = budget.iterations if budget.iterations is not None else math.inf
-    bar = tqdm(total=None if math.isinf(total_its) else total_its,
-               desc=f"condense {method} ipc={ipc}", disable=None if progress else True,
-               leave=False)
-    start, it, steps, loss_value = time.perf_counter(), 0, 0, float("nan")
-    stopped = False
     net_opt: torch.optim.Optimizer | None = None
-    while not stopped and not budget.exhausted(it, time.perf_counter() - start):
+
+    def iteration(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
+        nonlocal net_opt
         if it % config.reinit_every == 0 or net_opt is None:
             reinitialise_classifier(net, config.backbone, in_channels=channels,
                                     resolution=res, num_classes=num_classes,
@@ -328,27 +321,15 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
                 train_on_real(torch.randperm(n_real, generator=generator), net_opt)
         with torch.no_grad():
             stored.clamp_(0.0, 1.0)
-        for _ in range(config.inner_loop):
-            loss_value = sum(class_step(c) for c in range(num_classes)) / num_classes
+        loss = float("nan")
+        for k in range(config.inner_loop):
+            loss = sum(class_step(c) for c in range(num_classes)) / num_classes
             if steps_per_inner:
                 order = torch.randperm(n_real, generator=generator)
                 train_on_real(order[:steps_per_inner * config.batch_real], net_opt)
-            steps += 1
-            if budget.exhausted(it, time.perf_counter() - start):  # wall clock, mid-iteration
-                stopped = True
-                break
-        if stopped:
-            break
-        it += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if on_snapshot is not None and it in budget.snapshots:
-            elapsed = time.perf_counter() - start
-            on_snapshot(it, elapsed, snapshot(it, steps, elapsed))
-    bar.close()
-    seconds = time.perf_counter() - start
-    log.info("%s ipc=%d: %d iterations (%d inner steps) in %.1fs, final loss %.4f", method,
-             ipc, it, steps, seconds, loss_value)
-    result = snapshot(it, steps, seconds)
-    result.metadata["final_loss"] = loss_value
-    return result
+            if out_of_time():
+                return loss, k + 1, False
+        return loss, config.inner_loop, True
+
+    return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
+                        desc=f"condense {method} ipc={ipc}", progress=progress)

@@ -25,27 +25,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import HASH_METHODS, HashBatch
-from .dpn import CODEBOOKS, class_codebook
+from .dpn import CODEBOOKS, DPNHead
 
 
-class OrthoHashHead(nn.Module):
-    """Linear → BatchNorm1d; the fixed codebook is a buffer so that it travels in the state dict
-    (checkpoints reload the exact codes trained against) without ever being optimised."""
-
-    codebook: torch.Tensor
+class OrthoHashHead(DPNHead):
+    """DPN's head (bias-free Linear, the fixed codebook as a buffer that travels in the state
+    dict but is never optimised) followed by BatchNorm1d."""
 
     def __init__(
         self, feature_dim: int, bits: int, num_classes: int, *, seed: int, codebook: str
     ) -> None:
-        super().__init__()
-        self.fc = nn.Linear(feature_dim, bits, bias=False)
-        nn.init.normal_(self.fc.weight, std=0.01)
+        super().__init__(feature_dim, bits, num_classes, seed=seed, codebook=codebook)
         self.norm = nn.BatchNorm1d(bits)
-        self.register_buffer("codebook", class_codebook(num_classes, bits, seed=seed,
-                                                        method=codebook))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.fc(features))
+        return self.norm(super().forward(features))
 
 
 def cosine_margin_loss(
