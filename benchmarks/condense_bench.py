@@ -37,7 +37,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hashcondense.condense import build_condenser, with_compile  # noqa: E402
+from hashcondense.condense import build_condenser, with_runtime  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
 from hashcondense.evaluation import JudgeConfig, judge  # noqa: E402
 from hashcondense.experiments import ResultStore, config_hash  # noqa: E402
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 method, options = VARIANTS[variant]
                 if method in ("dm", "iem"):
                     options = {**options, "iterations": iterations}
-                condenser = with_compile(build_condenser(method, **options), args.compile)
+                condenser = with_runtime(build_condenser(method, **options), compile=args.compile)
                 if hasattr(condenser, "matching"):
                     condenser = replace(condenser, matching=replace(
                         condenser.matching, precision=args.precision,

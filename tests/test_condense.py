@@ -214,12 +214,12 @@ def test_herding_first_pick_is_closest_to_mean_and_k_checked():
         herding_select(feats, 5)
 
 
-def test_with_compile_reaches_every_nested_runtime_config():
-    from hashcondense.condense import with_compile
+def test_with_runtime_reaches_every_nested_runtime_config():
+    from hashcondense.condense import with_runtime
 
-    iem = with_compile(build_condenser("iem"), "auto")
+    iem = with_runtime(build_condenser("iem"), compile="auto")
     assert iem.matching.compile == "auto" and iem.matching.lr == IEM().matching.lr
-    herding = with_compile(build_condenser("herding"), "auto")
+    herding = with_runtime(build_condenser("herding"), compile="auto")
     assert herding.feature_train.compile == "auto"
     rnd = build_condenser("random")
-    assert with_compile(rnd, "auto") == rnd
+    assert with_runtime(rnd, compile="auto") == rnd

@@ -8,7 +8,7 @@ import torch
 from test_condense import tiny_set
 
 from hashcondense.augment import DSAConfig
-from hashcondense.condense import Budget, build_condenser, with_compile
+from hashcondense.condense import Budget, build_condenser, with_runtime
 from hashcondense.condense.dsa import DSA, DSAMatchingConfig, dsa_loops
 from hashcondense.condense.gradient_matching import (
     fresh_classifier,
@@ -283,9 +283,9 @@ def test_idc_needs_ipc_times_f_squared_real_images_per_class():
                              budget=Budget(iterations=1))
 
 
-def test_with_compile_reaches_both_configs_and_bad_options_are_refused():
+def test_with_runtime_reaches_both_configs_and_bad_options_are_refused():
     for name in ("dsa", "idc"):
-        condenser = with_compile(build_condenser(name), "auto")
+        condenser = with_runtime(build_condenser(name), compile="auto")
         assert condenser.matching.compile == "auto"
     assert build_condenser("dsa").iterations == 1000
     assert build_condenser("idc").iterations == 2000

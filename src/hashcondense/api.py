@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .condense import Budget, build_condenser, check_ipc, with_compile
+from .condense import Budget, build_condenser, check_ipc, with_runtime
 from .condense.random import sample_per_class
 from .data import RetrievalSplit, make_split
 from .evaluation import JudgeConfig, evaluate_model, judge
@@ -154,7 +154,7 @@ def condense_run(
 
     ``compile`` reaches condensers that run networks through the shared matching loop."""
     condenser = build_condenser(method, **(options or {}))  # bad name/options fail before work
-    condenser = with_compile(condenser, compile)
+    condenser = with_runtime(condenser, compile=compile)
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     budget = None if iterations is None and seconds is None else Budget(iterations, seconds)

@@ -116,6 +116,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .experiments import load_experiment, plan, run_experiment
+
+    exp = load_experiment(args.experiment, args.profile)
+    out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
+    if args.dry_run:
+        cells = plan(exp, out, data_root=args.data_root)
+        for cell, done in cells:
+            print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
+                  f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "
+                  f"it={cell.iteration if cell.iteration is not None else 'final'} {cell.task} "
+                  f"{cell.hash_method or ''} {cell.bits or ''}".rstrip())
+        print(f"{sum(d for _, d in cells)}/{len(cells)} cells done in {out}")
+        return 0
+    summary = run_experiment(exp, out, data_root=args.data_root,
+                             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                             progress=not args.quiet)
+    print(f"{exp.name}/{exp.profile}: ran {len(summary.ran)} cells, "
+          f"{len(summary.skipped)} already done; results in {summary.results}")
+    if not args.no_report:
+        from .experiments.report import write_report
+
+        files = write_report(out)
+        print(f"report: {files.get('markdown', out / 'report.md')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import write_report
+
+    files = write_report(Path(args.results_dir), Path(args.out) if args.out else None)
+    for name, path in files.items():
+        print(f"  {name:>10s}  {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hashcondense",
@@ -167,6 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run (or resume) an experiment grid of the paper")
+    p.add_argument("experiment", help="table1, ablation, efficiency, generalization, "
+                   "classification, or a .yaml file")
+    p.add_argument("--profile", choices=("smoke", "cpu", "paper"), default="smoke",
+                   help="smoke: minutes, proves the pipeline; cpu: a 2-core machine, hours; "
+                   "paper: the paper's budgets, a GPU")
+    p.add_argument("--out", default=None,
+                   help="results folder (default outputs/experiments/EXPERIMENT-PROFILE)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where condensed sets are kept and shared (default OUT/synthetic)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (else $HASHCONDENSE_DATA)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="Markdown + HTML + PNG figures of an experiment's results")
+    p.add_argument("results_dir", help="folder written by 'hashcondense bench'")
+    p.add_argument("--out", default=None, help="where to write (default: RESULTS_DIR)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,6 +1,8 @@
 """Condensers behind one interface: real train split + ipc → SyntheticSet."""
 
 from . import dm, dsa, herding, idc, iem, random  # noqa: F401  (register the methods)
-from .base import CONDENSERS, Budget, Condenser, build_condenser, check_ipc, with_compile
+from .base import CONDENSERS, Budget, Condenser, build_condenser, check_ipc, with_runtime
 
-__all__ = ["CONDENSERS", "Budget", "Condenser", "build_condenser", "check_ipc", "with_compile"]
+__all__ = [
+    "CONDENSERS", "Budget", "Condenser", "build_condenser", "check_ipc", "with_runtime",
+]

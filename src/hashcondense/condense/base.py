@@ -7,7 +7,7 @@ Budgets are iterations and/or wall-clock seconds, so methods can be compared at 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,22 +59,35 @@ CONDENSERS: Registry[Condenser] = Registry("condenser")
 
 
 def build_condenser(name: str, **kwargs: object) -> Condenser:
+    """The registered condenser ``name`` with ``kwargs``; a mapping given for a nested config
+    (``matching={"inner_loop": 2}``) updates that config's defaults, so YAML grids and the CLI
+    can reach every hyperparameter without building dataclasses."""
     factory = CONDENSERS.get(name)
     try:
+        if dataclasses.is_dataclass(factory):
+            defaults = factory()
+            kwargs = {k: dataclasses.replace(getattr(defaults, k), **v)
+                      if isinstance(v, Mapping) and dataclasses.is_dataclass(
+                          getattr(defaults, k, None)) else v
+                      for k, v in kwargs.items()}
         return factory(**kwargs)
     except TypeError as e:  # an option this method does not have
         raise ValueError(f"condenser {name!r}: {e}") from None
 
 
-def with_compile(condenser: Condenser, mode: str) -> Condenser:
-    """``condenser`` with every nested runtime config (matching loop, feature training) set to
-    torch.compile ``mode``; condensers that run no network come back unchanged."""
+def with_runtime(condenser: Condenser, **settings: str) -> Condenser:
+    """``condenser`` with every nested runtime config (matching loop, feature training) given
+    ``settings`` (``compile=``, ``precision=``) where it has that field; condensers that run no
+    network come back unchanged."""
     if not dataclasses.is_dataclass(condenser):
         return condenser
-    changes = {f.name: dataclasses.replace(value, compile=mode)
-               for f in dataclasses.fields(condenser)
-               if dataclasses.is_dataclass(value := getattr(condenser, f.name))
-               and hasattr(value, "compile")}
+    changes = {}
+    for f in dataclasses.fields(condenser):
+        value = getattr(condenser, f.name)
+        if dataclasses.is_dataclass(value):
+            own = {k: v for k, v in settings.items() if hasattr(value, k)}
+            if own:
+                changes[f.name] = dataclasses.replace(value, **own)
     return dataclasses.replace(condenser, **changes) if changes else condenser
 
 

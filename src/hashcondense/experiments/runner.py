@@ -1,0 +1,329 @@
+"""Run an experiment grid: condense each (dataset, condenser, ipc, seed) once, judge every set
+with every (task, hashing method, bits), append each finished cell to the result store.
+
+Cells are identified by content hashes of their full config (never by position or name), so:
+an interrupted grid — killed or not — resumes where it stopped and never recomputes a finished
+cell; a synthetic set is condensed once and reused across bit lengths, hashing methods, tasks
+and experiments (the set cache is keyed the same way, and shared); and two experiments that ask
+for the same set get the same set.
+
+Outputs of ``results_dir``: ``results.jsonl`` (one record per cell and metric, written
+atomically), ``run.json`` (spec, versions, machine, protocols), ``curves/<cell>.json``
+(precision–recall of Hamming-ball lookup) and ``previews/*.png`` (synthetic image grids).
+Synthetic sets live in ``cache_dir`` (default ``<results_dir>/synthetic``, ignored by git).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..classification import ClassificationConfig, evaluate_classification
+from ..condense import Budget, build_condenser, with_runtime
+from ..data import RetrievalSplit, make_split
+from ..evaluation import JudgeConfig, judge
+from ..hashing import HASH_METHODS
+from ..hashing.trainer import TrainConfig
+from ..models import default_backbone
+from ..normalization import Normalization
+from ..recipes import training_recipe
+from ..records import atomic_write_text, machine_info, versions, write_json
+from ..retrieval.metrics import precision_recall_curve
+from ..synthetic import SyntheticSet
+from .grid import WHOLE, BudgetSpec, CondenserSpec, DatasetSpec, Experiment
+from .store import ResultStore, config_hash
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One judged training set: a (condensed) set version × task × hashing method × bits."""
+
+    key: str
+    condense_key: str
+    seed: int
+    dataset: DatasetSpec
+    ipc: int | None
+    condenser: CondenserSpec
+    iteration: int | None  # a snapshot's iteration; None = the final set
+    task: str
+    hash_method: str | None
+    bits: int | None
+
+
+@dataclass
+class RunSummary:
+    ran: list[str]
+    skipped: list[str]
+    results: Path
+
+
+def _budget(spec: BudgetSpec | None, condenser: Any) -> Budget | None:
+    if spec is None:
+        return None
+    iterations = spec.iterations
+    if iterations is None and spec.seconds is None:  # snapshots of the built-in budget
+        iterations = getattr(condenser, "iterations", None)
+    return Budget(iterations, spec.seconds, spec.snapshots)
+
+
+class ExperimentRunner:
+    """Holds the loaded splits and the store while a grid runs; see :func:`run_experiment`."""
+
+    def __init__(self, exp: Experiment, results_dir: Path, *, data_root: str | None = None,
+                 cache_dir: Path | None = None, progress: bool = True) -> None:
+        self.exp, self.results_dir, self.data_root = exp, Path(results_dir), data_root
+        self.cache_dir = Path(cache_dir) if cache_dir else self.results_dir / "synthetic"
+        self.progress = progress
+        self.store = ResultStore(self.results_dir / RESULTS_FILE)
+        self.run_id = uuid.uuid4().hex[:12]
+        self._splits: dict[tuple[str, int | None], tuple[RetrievalSplit, Normalization]] = {}
+        for name in exp.hash_methods:  # fail on a bad name before any data is loaded
+            HASH_METHODS.get(name)
+        self._condensers = {c.label: self._build(c) for c in exp.condensers}
+
+    # -- configuration ------------------------------------------------------------------
+    def _build(self, spec: CondenserSpec) -> Any:
+        if spec.method == WHOLE:
+            return None
+        condenser = build_condenser(spec.method, **dict(spec.options))
+        return with_runtime(condenser, compile=self.exp.compile, precision=self.exp.precision)
+
+    def split(self, ds: DatasetSpec) -> tuple[RetrievalSplit, Normalization]:
+        key = (ds.name, ds.resolution)
+        if key not in self._splits:
+            split = make_split(ds.name, self.data_root, seed=self.exp.split_seed,
+                               resolution=ds.resolution)
+            self._splits[key] = (split, Normalization.from_images(split.train.images))
+        return self._splits[key]
+
+    def train_config(self, whole: bool) -> TrainConfig:
+        judge = self.exp.judge
+        config = training_recipe(judge.recipe, whole=whole)
+        if whole and judge.whole_epochs is not None:
+            config = dataclasses.replace(config, epochs=judge.whole_epochs)
+        if not whole and judge.steps is not None:
+            config = dataclasses.replace(config, min_steps=judge.steps)
+        return dataclasses.replace(config, precision=self.exp.precision,
+                                   compile=self.exp.compile)
+
+    def condense_key(self, seed: int, ds: DatasetSpec, ipc: int | None,
+                     cond: CondenserSpec) -> str:
+        split, _ = self.split(ds)
+        budget = self.exp.budget_for(cond.label)
+        return config_hash({
+            "dataset": ds.name, "resolution": split.train.resolution,
+            "protocol": split.fingerprint(), "method": cond.method,
+            "condenser": repr(self._condensers[cond.label]),
+            "budget": None if cond.method == WHOLE or budget is None else asdict(budget),
+            "ipc": ipc, "seed": seed, "hashcondense": __version__,
+        })
+
+    def versions_of(self, cond: CondenserSpec, condense_key: str) -> list[int | None]:
+        """The set versions judged: each snapshot before the end, then the final set. Coresets
+        (no iterations) take no snapshots; a wall-clock budget may end before a snapshot, so
+        once a set is condensed, only the snapshots it saved count."""
+        budget = self.exp.budget_for(cond.label)
+        condenser = self._condensers[cond.label]
+        if budget is None or not hasattr(condenser, "iterations"):
+            return [None]
+        limit = budget.iterations
+        wanted = [s for s in budget.snapshots if limit is None or s < limit]
+        folder = self.cache_dir / condense_key
+        if (folder / "final.json").exists():
+            wanted = [s for s in wanted if (folder / f"snapshot-{s}.json").exists()]
+        return [*wanted, None]
+
+    def cells_of(self, seed: int, ds: DatasetSpec, ipc: int, cond: CondenserSpec) -> list[Cell]:
+        whole = cond.method == WHOLE
+        ckey = self.condense_key(seed, ds, None if whole else ipc, cond)
+        split, _ = self.split(ds)
+        backbone = default_backbone(split.train.resolution)
+        train = asdict(self.train_config(whole))
+        cells = []
+        for iteration in self.versions_of(cond, ckey):
+            for task in self.exp.tasks:
+                heads = [(h, b) for h in self.exp.hash_methods for b in self.exp.bits] \
+                    if task == "retrieval" else [(None, None)]
+                for hash_method, bits in heads:
+                    key = config_hash({"condense": ckey, "iteration": iteration, "task": task,
+                                       "hash_method": hash_method, "bits": bits,
+                                       "backbone": backbone, "train": train})
+                    cells.append(Cell(key, ckey, seed, ds, None if whole else ipc, cond,
+                                      iteration, task, hash_method, bits))
+        return cells
+
+    def all_cells(self) -> list[Cell]:
+        return [c for args in self.exp.cells() for c in self.cells_of(*args)]
+
+    # -- work ---------------------------------------------------------------------------
+    def training_sets(self, cells: list[Cell]) -> dict[int | None, tuple[Any, Any, float, dict]]:
+        """Images, labels, condensation seconds and metadata of every set version needed."""
+        first = cells[0]
+        split, norm = self.split(first.dataset)
+        if first.condenser.method == WHOLE:
+            return {None: (norm.normalize(split.train.images), split.train.labels, 0.0, {})}
+        folder = self.cache_dir / first.condense_key
+        needed = {c.iteration for c in cells}
+        final = folder / "final.json"
+        if not final.exists():
+            self._condense(first, split, norm, folder)
+        out = {}
+        for iteration in needed:
+            path = final if iteration is None else folder / f"snapshot-{iteration}.json"
+            if not path.exists():
+                continue
+            syn = SyntheticSet.load(path)
+            images, labels = syn.decode()
+            seconds = float(syn.metadata.get("wall_seconds", syn.metadata.get("seconds", 0.0)))
+            out[iteration] = (images.detach(), labels, seconds, syn.metadata)
+        return out
+
+    def _condense(self, cell: Cell, split: RetrievalSplit, norm: Normalization,
+                  folder: Path) -> None:
+        condenser = self._condensers[cell.condenser.label]
+        budget = _budget(self.exp.budget_for(cell.condenser.label), condenser)
+        folder.mkdir(parents=True, exist_ok=True)
+        gitignore = self.cache_dir / ".gitignore"
+        if not gitignore.exists():
+            atomic_write_text(gitignore, "*\n")  # synthetic sets never reach a commit
+
+        def on_snapshot(iteration: int, seconds: float, syn: SyntheticSet) -> None:
+            syn.metadata.update(protocol_fingerprint=split.fingerprint(), wall_seconds=seconds)
+            syn.save(folder / f"snapshot-{iteration}")
+
+        log.info("condense %s ipc=%d seed=%d on %s", cell.condenser.label, cell.ipc, cell.seed,
+                 cell.dataset.name)
+        start = time.perf_counter()
+        syn = condenser.condense(split.train, cell.ipc, normalization=norm, seed=cell.seed,
+                                 budget=budget, on_snapshot=on_snapshot, progress=self.progress)
+        syn.metadata.update(protocol_fingerprint=split.fingerprint(), dataset=cell.dataset.name,
+                            wall_seconds=time.perf_counter() - start, label=cell.condenser.label)
+        syn.save(folder / "final")  # last: its presence marks the condensation complete
+        syn.export_grid_png(self.results_dir / "previews" / f"{cell.dataset.name}_"
+                            f"{cell.condenser.label}_ipc{cell.ipc}_seed{cell.seed}.png",
+                            max_per_class=10)
+
+    def judge_cell(self, cell: Cell, images: torch.Tensor, labels: torch.Tensor,
+                   condense_seconds: float, metadata: dict) -> None:
+        split, norm = self.split(cell.dataset)
+        whole = cell.condenser.method == WHOLE
+        train = self.train_config(whole)
+        backbone = default_backbone(split.train.resolution)
+        if cell.task == "retrieval":
+            result = judge(images, labels, split, norm, seed=cell.seed, progress=self.progress,
+                           config=JudgeConfig(backbone=backbone, hash_method=cell.hash_method,
+                                              bits=cell.bits, train=train))
+            metrics, steps = result.metrics, result.steps
+            train_s, encode_s = result.train_seconds, result.evaluation.encode_seconds
+            ev = result.evaluation
+            curve = precision_recall_curve(ev.query_codes.numpy(), ev.db_codes.numpy(),
+                                           split.query.labels.numpy(),
+                                           split.database.labels.numpy())
+            write_json(self.results_dir / "curves" / f"{cell.key}.json",
+                       {"bits": cell.bits, **{k: v.tolist() for k, v in curve.items()}})
+        else:
+            result = evaluate_classification(
+                images, labels, split, norm, seed=cell.seed, progress=self.progress,
+                config=ClassificationConfig(backbone=backbone, train=train))
+            metrics, steps = {"accuracy": result.accuracy}, result.steps
+            train_s, encode_s = result.train_seconds, result.eval_seconds
+        base = {
+            "cell": cell.key, "condense_cell": cell.condense_key, "run_id": self.run_id,
+            "experiment": self.exp.name, "profile": self.exp.profile,
+            "dataset": cell.dataset.name, "resolution": split.train.resolution,
+            "condenser": cell.condenser.label, "method": cell.condenser.method,
+            "ipc": cell.ipc, "seed": cell.seed, "iteration": cell.iteration,
+            "iterations": metadata.get("iterations"), "condense_seconds": condense_seconds,
+            "task": cell.task, "hash_method": cell.hash_method, "bits": cell.bits,
+            "backbone": backbone, "train_seconds": train_s, "encode_seconds": encode_s,
+            "judge_steps": steps, "precision": self.exp.precision,
+            "protocol_fingerprint": split.fingerprint(),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.store.add(cell.key, [{**base, "metric": m, "value": float(v)}
+                                  for m, v in metrics.items()])
+        log.info("%s %s ipc=%s seed=%d %s %s%s: %s", cell.dataset.name, cell.condenser.label,
+                 cell.ipc, cell.seed, cell.task, cell.hash_method or "", cell.bits or "",
+                 {m: round(100 * v, 2) for m, v in metrics.items()})
+
+    def write_run_file(self) -> None:
+        path = self.results_dir / RUN_FILE
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        protocols = dict(previous.get("protocols", {}))
+        for split, _ in self._splits.values():
+            protocols[split.protocol] = split.describe()
+        write_json(path, {
+            "experiment": self.exp.name, "profile": self.exp.profile,
+            "description": self.exp.description, "metric": self.exp.metric,
+            "spec": asdict(self.exp), "versions": versions(), "machine": machine_info(),
+            "protocols": protocols, "cache_dir": str(self.cache_dir),
+            "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def run(self, on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        done = self.store.done()
+        ran, skipped = [], []
+        groups = [self.cells_of(*args) for args in self.exp.cells()]
+        self.write_run_file()
+        total = sum(len(g) for g in groups)
+        bar = tqdm(total=total, desc=f"{self.exp.name}/{self.exp.profile}", unit="cell",
+                   disable=None if self.progress else True)
+        for group in groups:
+            pending = [c for c in group if c.key not in done]
+            skipped += [c.key for c in group if c.key in done]
+            bar.update(len(group) - len(pending))
+            if not pending:
+                continue
+            sets = self.training_sets(pending)
+            for cell in pending:
+                if cell.iteration not in sets:
+                    log.warning("%s %s ipc=%s: no snapshot at iteration %d (the budget ended "
+                                "first); its cells are dropped", cell.dataset.name,
+                                cell.condenser.label, cell.ipc, cell.iteration)
+                    bar.update(1)
+                    continue
+                images, labels, seconds, metadata = sets[cell.iteration]
+                self.judge_cell(cell, images, labels, seconds, metadata)
+                ran.append(cell.key)
+                bar.update(1)
+                if on_cell is not None:
+                    on_cell(cell)
+            self.write_run_file()
+        bar.close()
+        return RunSummary(ran, skipped, self.store.path)
+
+
+def run_experiment(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None,
+                   cache_dir: str | Path | None = None, progress: bool = True,
+                   on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
+    """Run (or resume) every cell of ``exp`` that ``results_dir`` does not hold yet."""
+    runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root,
+                              cache_dir=Path(cache_dir) if cache_dir else None,
+                              progress=progress)
+    return runner.run(on_cell)
+
+
+def plan(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None
+         ) -> list[tuple[Cell, bool]]:
+    """Every cell of ``exp`` and whether ``results_dir`` already holds it (a dry run)."""
+    runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root, progress=False)
+    done = runner.store.done()
+    return [(c, c.key in done) for c in runner.all_cells()]
