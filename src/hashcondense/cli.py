@@ -118,8 +118,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments import load_experiment, plan, run_experiment
+    from .experiments.grid import cap_condense_seconds, restrict_datasets
 
     exp = load_experiment(args.experiment, args.profile)
+    if args.datasets:
+        exp = restrict_datasets(exp, args.datasets)
+    if args.max_condense_seconds is not None:
+        exp = cap_condense_seconds(exp, args.max_condense_seconds)
     out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
     if args.dry_run:
         cells = plan(exp, out, data_root=args.data_root)
@@ -216,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where condensed sets are kept and shared (default OUT/synthetic)")
     p.add_argument("--data-root", default=None,
                    help="folder holding the datasets (else $HASHCONDENSE_DATA)")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="run only these datasets of the grid (e.g. cifar10)")
+    p.add_argument("--max-condense-seconds", type=float, default=None,
+                   help="stop every condensation after this many seconds (fits a grid into a "
+                   "fixed slot; recorded in each cell's budget)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     p.add_argument("--no-report", action="store_true", help="skip writing the report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -25,6 +25,7 @@ the grid (lists and mappings are not merged, so a profile reads as exactly what 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Iterator, Mapping
@@ -99,6 +100,31 @@ class Experiment:
                 if cond.method == WHOLE and ipc != min(ds.ipcs):
                     continue  # the whole set does not depend on ipc: once per dataset
                 yield seed, ds, ipc, cond
+
+
+def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
+    """``exp`` on the named datasets only (e.g. the CIFAR-10 part of Table I)."""
+    unknown = sorted(set(names) - {d.name for d in exp.datasets})
+    if unknown:
+        raise ValueError(f"{exp.name}/{exp.profile} has no dataset(s) {unknown}; it has "
+                         f"{[d.name for d in exp.datasets]}")
+    return dataclasses.replace(exp, datasets=tuple(d for d in exp.datasets if d.name in names))
+
+
+def cap_condense_seconds(exp: Experiment, seconds: float) -> Experiment:
+    """``exp`` with every condensation stopped after ``seconds`` of wall time at most (the
+    iteration budgets stay), so a whole grid fits a fixed slot of machine time. The cap is part
+    of each budget, hence of each cell's identity."""
+    if not seconds > 0:
+        raise ValueError(f"the condensation time cap must be positive, got {seconds}")
+    budgets = dict(exp.budgets)
+    labels = {"default", *(c.label for c in exp.condensers)}
+    capped = {}
+    for label in labels:
+        spec = budgets.get(label, budgets.get("default")) or BudgetSpec()
+        limit = seconds if spec.seconds is None else min(spec.seconds, seconds)
+        capped[label] = dataclasses.replace(spec, seconds=limit)
+    return dataclasses.replace(exp, budgets=tuple(sorted(capped.items())))
 
 
 def _err(source: str, msg: str) -> ValueError:

@@ -77,8 +77,8 @@ class RunSummary:
 def _budget(spec: BudgetSpec | None, condenser: Any) -> Budget | None:
     if spec is None:
         return None
-    iterations = spec.iterations
-    if iterations is None and spec.seconds is None:  # snapshots of the built-in budget
+    iterations = spec.iterations  # None: the condenser's own (reference) iteration count
+    if iterations is None:
         iterations = getattr(condenser, "iterations", None)
     return Budget(iterations, spec.seconds, spec.snapshots)
 
@@ -123,15 +123,23 @@ class ExperimentRunner:
         return dataclasses.replace(config, precision=self.exp.precision,
                                    compile=self.exp.compile)
 
+    def budget_spec(self, cond: CondenserSpec) -> BudgetSpec | None:
+        """The grid's budget for ``cond`` if it takes one: iterative condensers expose
+        ``iterations``; coresets and the whole set ignore budgets, so a budget must not change
+        their identity."""
+        if not hasattr(self._condensers[cond.label], "iterations"):
+            return None
+        return self.exp.budget_for(cond.label)
+
     def condense_key(self, seed: int, ds: DatasetSpec, ipc: int | None,
                      cond: CondenserSpec) -> str:
         split, _ = self.split(ds)
-        budget = self.exp.budget_for(cond.label)
+        budget = self.budget_spec(cond)
         return config_hash({
             "dataset": ds.name, "resolution": split.train.resolution,
             "protocol": split.fingerprint(), "method": cond.method,
             "condenser": repr(self._condensers[cond.label]),
-            "budget": None if cond.method == WHOLE or budget is None else asdict(budget),
+            "budget": None if budget is None else asdict(budget),
             "ipc": ipc, "seed": seed, "hashcondense": __version__,
         })
 
@@ -139,9 +147,8 @@ class ExperimentRunner:
         """The set versions judged: each snapshot before the end, then the final set. Coresets
         (no iterations) take no snapshots; a wall-clock budget may end before a snapshot, so
         once a set is condensed, only the snapshots it saved count."""
-        budget = self.exp.budget_for(cond.label)
-        condenser = self._condensers[cond.label]
-        if budget is None or not hasattr(condenser, "iterations"):
+        budget = self.budget_spec(cond)
+        if budget is None:
             return [None]
         limit = budget.iterations
         wanted = [s for s in budget.snapshots if limit is None or s < limit]
@@ -198,7 +205,7 @@ class ExperimentRunner:
     def _condense(self, cell: Cell, split: RetrievalSplit, norm: Normalization,
                   folder: Path) -> None:
         condenser = self._condensers[cell.condenser.label]
-        budget = _budget(self.exp.budget_for(cell.condenser.label), condenser)
+        budget = _budget(self.budget_spec(cell.condenser), condenser)
         folder.mkdir(parents=True, exist_ok=True)
         gitignore = self.cache_dir / ".gitignore"
         if not gitignore.exists():

@@ -1,0 +1,262 @@
+"""The experiment runner: YAML grids, resumable content-hashed cells, SIGKILL recovery, and the
+smoke profile of every shipped experiment (the CI run of each experiment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")  # the smoke grids run on scikit-learn's digits
+
+from hashcondense.cli import main as cli_main  # noqa: E402
+from hashcondense.experiments import (  # noqa: E402
+    builtin_experiments,
+    load_experiment,
+    parse_experiment,
+    plan,
+    run_experiment,
+)
+from hashcondense.records import read_jsonl  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = {"train_seconds", "encode_seconds", "condense_seconds", "finished_at", "run_id"}
+
+TINY = """
+name: tiny
+grid:
+  datasets: {cifar10: {ipcs: [10]}}
+  condensers: [random, iem]
+  bits: [32]
+profiles:
+  smoke:
+    datasets: {digits: {ipcs: [1, 2], resolution: 8}}
+    condensers:
+      - random
+      - dm: {options: {matching: {batch_real: 8}}}
+      - iem-none: {method: iem, options: {network_aug: false, dataset_aug: false,
+                                          matching: {batch_real: 8}}}
+    bits: [16, 32]
+    budgets: {default: {iterations: 2}}
+    judge: {recipe: smoke}
+    precision: fp32
+    compile: "off"
+"""
+
+
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def comparable(rows: list[dict]) -> list[tuple]:
+    """What an uninterrupted and a resumed run must agree on (all but timings and run ids)."""
+    return sorted(tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k not in TIMING))
+                  for r in rows)
+
+
+# -- grid files ----------------------------------------------------------------------------
+
+def test_profile_replaces_whole_grid_keys_and_budgets_fall_back_to_default():
+    doc = {"name": "x", "grid": {"datasets": {"cifar10": {"ipcs": [1, 10]}},
+                                 "condensers": ["random", "dm"], "bits": [32, 64],
+                                 "budgets": {"default": {"iterations": 5},
+                                             "dm": {"seconds": 3, "snapshots": [2, 1]}}},
+           "profiles": {"smoke": {"datasets": {"digits": {"ipcs": [2]}}, "bits": [16]}}}
+    paper, smoke = parse_experiment(doc, "paper"), parse_experiment(doc, "smoke")
+    assert [d.name for d in paper.datasets] == ["cifar10"] and paper.bits == (32, 64)
+    assert [d.name for d in smoke.datasets] == ["digits"] and smoke.bits == (16,)
+    assert smoke.condensers == paper.condensers  # untouched keys come from the grid
+    assert paper.budget_for("random").iterations == 5
+    dm = paper.budget_for("dm")
+    assert (dm.iterations, dm.seconds, dm.snapshots) == (None, 3, (1, 2))
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"datasets": {"cifar10": {"ipcs": [0]}}, "condensers": ["dm"]}, "ipcs must be >= 1"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"], "bitz": [1]},
+     "unknown grid key"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm", "dm"]}, "labels repeat"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"], "tasks": ["sorting"]},
+     "unknown task"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+      "budgets": {"dm": {"iters": 3}}}, "unknown field"),
+    ({"datasets": {"cifar10": {}}, "condensers": ["dm"]}, "needs ipcs"),
+])
+def test_bad_grids_are_refused_with_the_key_named(grid, message):
+    with pytest.raises(ValueError, match=message):
+        parse_experiment({"grid": grid}, "paper", "bad.yaml")
+
+
+def test_builtin_experiments_load_in_every_profile():
+    names = builtin_experiments()
+    assert {"table1", "ablation", "efficiency", "generalization"} <= set(names)
+    for name in names:
+        for profile in ("smoke", "cpu", "paper"):
+            exp = load_experiment(name, profile)
+            assert exp.name == name and exp.profile == profile and exp.cells()
+    with pytest.raises(ValueError, match="unknown experiment 'tabel1'"):
+        load_experiment("tabel1", "cpu")
+    with pytest.raises(ValueError, match="unknown profile"):
+        load_experiment("table1", "laptop")
+
+
+def test_cells_run_seed_by_seed_and_the_whole_set_once_per_dataset():
+    exp = parse_experiment({"grid": {"datasets": {"cifar10": {"ipcs": [10, 1]}},
+                                     "condensers": ["whole", "random"], "seeds": [0, 1]}},
+                           "paper")
+    order = [(seed, ipc, c.label) for seed, _, ipc, c in exp.cells()]
+    assert order == [(0, 1, "whole"), (0, 1, "random"), (0, 10, "random"),
+                     (1, 1, "whole"), (1, 1, "random"), (1, 10, "random")]
+
+
+def test_dataset_filter_and_condensation_time_cap():
+    from hashcondense.experiments.grid import cap_condense_seconds, restrict_datasets
+
+    exp = load_experiment("table1", "paper")
+    cifar = restrict_datasets(exp, ["cifar10"])
+    assert [d.name for d in cifar.datasets] == ["cifar10"]
+    with pytest.raises(ValueError, match="no dataset"):
+        restrict_datasets(exp, ["mnist"])
+    capped = cap_condense_seconds(load_experiment("table1", "cpu"), 120)
+    assert capped.budget_for("dsa").seconds == 120  # 300 in the grid: the cap wins
+    assert capped.budget_for("dm").iterations == 200  # iteration budgets stay
+    assert capped.budget_for("random").seconds == 120  # harmless: coresets ignore budgets
+    assert cap_condense_seconds(capped, 600).budget_for("dsa").seconds == 120
+    with pytest.raises(ValueError, match="positive"):
+        cap_condense_seconds(exp, 0)
+
+
+# -- running and resuming ------------------------------------------------------------------
+
+def test_run_condenses_once_per_set_and_a_rerun_computes_nothing(tmp_path):
+    exp = load_experiment(tiny(tmp_path), "smoke")
+    out = tmp_path / "out"
+    assert all(not done for _, done in plan(exp, out))
+    first = run_experiment(exp, out, progress=False)
+    cells = plan(exp, out)
+    assert len(first.ran) == len(cells) == 2 * 3 * 2  # ipcs × condensers × bits
+    assert all(done for _, done in cells)
+    rows = read_jsonl(out / "results.jsonl")
+    assert {r["condenser"] for r in rows} == {"random", "dm", "iem-none"}
+    assert all(0 <= r["value"] <= 1 for r in rows)
+    # one synthetic set per (condenser, ipc) that runs a network, shared by both bit lengths
+    sets = sorted((out / "synthetic").glob("*/final.json"))
+    assert len(sets) == 2 * 3
+    assert len({r["condense_cell"] for r in rows}) == 2 * 3
+    assert (out / "synthetic" / ".gitignore").read_text() == "*\n"
+    for r in rows:
+        assert (out / "curves" / f"{r['cell']}.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in sets}
+    second = run_experiment(exp, out, progress=False)
+    assert second.ran == [] and len(second.skipped) == len(cells)
+    assert read_jsonl(out / "results.jsonl") == rows
+    assert {p: p.stat().st_mtime_ns for p in sets} == stamps  # nothing condensed again
+
+
+def test_a_changed_config_is_a_new_cell_and_old_results_stay(tmp_path):
+    out = tmp_path / "out"
+    exp = load_experiment(tiny(tmp_path), "smoke")
+    run_experiment(exp, out, progress=False)
+    before = read_jsonl(out / "results.jsonl")
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(TINY.replace("default: {iterations: 2}", "default: {iterations: 3}"))
+    todo = [c for c, done in plan(load_experiment(changed, "smoke"), out) if not done]
+    # random ignores iteration budgets (same key, still done); dm and iem-none are new cells
+    assert {c.condenser.label for c in todo} == {"dm", "iem-none"}
+    assert len(todo) == 2 * 2 * 2
+    assert read_jsonl(out / "results.jsonl") == before
+
+
+def test_snapshots_are_judged_for_iterative_condensers_only(tmp_path):
+    path = tmp_path / "snap.yaml"
+    path.write_text(TINY.replace("default: {iterations: 2}",
+                                 "default: {iterations: 3, snapshots: [1, 3, 5]}")
+                    .replace("bits: [16, 32]", "bits: [16]")
+                    .replace("ipcs: [1, 2]", "ipcs: [1]"))
+    out = tmp_path / "out"
+    run_experiment(load_experiment(path, "smoke"), out, progress=False)
+    rows = read_jsonl(out / "results.jsonl")
+    versions = {(r["condenser"], r["iteration"]) for r in rows}
+    # snapshot 3 is the final set and 5 lies beyond the budget; coresets have no iterations
+    assert versions == {("random", None), ("dm", 1), ("dm", None), ("iem-none", 1),
+                        ("iem-none", None)}
+    dm = {r["iteration"]: r for r in rows if r["condenser"] == "dm"}
+    assert dm[1]["iterations"] == 1 and dm[None]["iterations"] == 3
+    assert dm[1]["condense_seconds"] <= dm[None]["condense_seconds"]
+
+
+def test_sigkill_mid_grid_then_resume_equals_an_uninterrupted_run(tmp_path):
+    config = tiny(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "hashcondense", "bench", str(config), "--profile",
+               "smoke", "--quiet", "--no-report", "--out"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    store = killed / "results.jsonl"
+    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len({r["cell"] for r in read_jsonl(store)}) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the grid finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = read_jsonl(store)
+    finished = {r["cell"] for r in before}
+    assert 3 <= len(finished) < 12
+    subprocess.run([*command, str(killed)], env=env, check=True, timeout=600,
+                   capture_output=True)
+    subprocess.run([*command, str(clean)], env=env, check=True, timeout=600,
+                   capture_output=True)
+    after = read_jsonl(store)
+    # no finished cell ran again: its records are untouched, and every cell ran in one run only
+    assert after[:len(before)] == before
+    runs = {}
+    for r in after:
+        runs.setdefault(r["cell"], set()).add(r["run_id"])
+    assert all(len(ids) == 1 for ids in runs.values())
+    assert {r["run_id"] for r in after if r["cell"] in finished} == {before[0]["run_id"]}
+    assert comparable(after) == comparable(read_jsonl(clean / "results.jsonl"))
+
+
+# -- every shipped experiment, smoke profile (what CI runs) ---------------------------------
+
+@pytest.mark.parametrize("name", builtin_experiments())
+def test_smoke_profile_runs_end_to_end_with_a_report(name, tmp_path):
+    exp = load_experiment(name, "smoke")
+    summary = run_experiment(exp, tmp_path, progress=False)
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    assert {r["cell"] for r in rows} == set(summary.ran)
+    assert all(done for _, done in plan(exp, tmp_path))
+    assert {r["task"] for r in rows} == set(exp.tasks)
+    assert {r["condenser"] for r in rows} == {c.label for c in exp.condensers}
+    from hashcondense.experiments.report import write_report
+
+    files = write_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "report.md" in {Path(p).name for p in files.values()} and "<table" in html
+
+
+def test_cli_bench_and_report_fail_cleanly(tmp_path, capsys):
+    assert cli_main(["bench", "tabel1"]) == 2
+    assert "unknown experiment 'tabel1'" in capsys.readouterr().err
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    out = tmp_path / "dry"
+    assert cli_main(["bench", str(tiny(tmp_path)), "--profile", "smoke", "--out", str(out),
+                     "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "0/12 cells done" in printed and not (out / "results.jsonl").exists()
