@@ -34,6 +34,7 @@ from hashcondense.api import select_training_set  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
 from hashcondense.evaluation import JudgeConfig, judge  # noqa: E402
 from hashcondense.experiments import ResultStore, config_hash  # noqa: E402
+from hashcondense.experiments.paper import HASH_ORDER, paper_value  # noqa: E402
 from hashcondense.normalization import Normalization  # noqa: E402
 from hashcondense.recipes import RECIPES, training_recipe  # noqa: E402
 from hashcondense.records import (  # noqa: E402
@@ -46,12 +47,6 @@ from hashcondense.records import (  # noqa: E402
 from hashcondense.retrieval import mean_average_precision  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAPER = {  # (condenser, ipc, bits) -> mAP in percent (IEM Table I)
-    ("whole", None, 32): 68.15, ("whole", None, 64): 70.21,
-    ("random", 1, 32): 14.83, ("random", 10, 32): 22.99, ("random", 50, 32): 35.47,
-    ("random", 1, 64): 15.35, ("random", 10, 64): 23.54, ("random", 50, 64): 38.82,
-}
-HASH_ORDER = ["dhd", "dpn", "orthohash"]
 
 
 def time_map(query, db, ql, dl) -> dict:
@@ -110,7 +105,8 @@ def write_markdown(rows: list[dict], details: dict, path: Path) -> None:
         info = next(r for r in rows if (r.get("hash_method", "dhd"), r["condenser"], r["ipc"],
                                         r["bits"]) == (method, condenser, ipc, bits))
         name = "whole" if ipc is None else f"random {ipc}/class"
-        paper = PAPER.get((condenser, ipc, bits)) if method == "dhd" else None
+        paper = paper_value("table1", "cifar10", condenser, ipc, bits) \
+            if method == "dhd" else None
         vs = f"{paper:.2f} | {m1000 - paper:+.2f}" if paper is not None else "– | –"
         lines.append(f"| {method} | {name} | {bits} | {m1000:.2f} | {vs} | "
                      f"{mall:.2f} | {info['train_seconds']:.0f} | {info.get('epochs', '')} |")
