@@ -191,6 +191,10 @@ class ExperimentRunner:
         final = folder / "final.json"
         if not final.exists():
             self._condense(first, split, norm, folder)
+        preview = self.results_dir / "previews" / (
+            f"{first.dataset.name}_{first.condenser.label}_ipc{first.ipc}_seed{first.seed}.png")
+        if not preview.exists():  # also for a set condensed by another experiment
+            SyntheticSet.load(final).export_grid_png(preview, max_per_class=10)
         out = {}
         for iteration in needed:
             path = final if iteration is None else folder / f"snapshot-{iteration}.json"
@@ -223,9 +227,6 @@ class ExperimentRunner:
         syn.metadata.update(protocol_fingerprint=split.fingerprint(), dataset=cell.dataset.name,
                             wall_seconds=time.perf_counter() - start, label=cell.condenser.label)
         syn.save(folder / "final")  # last: its presence marks the condensation complete
-        syn.export_grid_png(self.results_dir / "previews" / f"{cell.dataset.name}_"
-                            f"{cell.condenser.label}_ipc{cell.ipc}_seed{cell.seed}.png",
-                            max_per_class=10)
 
     def judge_cell(self, cell: Cell, images: torch.Tensor, labels: torch.Tensor,
                    condense_seconds: float, metadata: dict) -> None:
