@@ -6,8 +6,8 @@
 # Runs `hashcondense bench table1 --profile paper --datasets cifar10` (every condenser, ipc
 # 1/10/50, 32 and 64 bits, seed 0) from this checkout without installing it (PYTHONPATH=src).
 # The paper's condensation budgets take hours even on a GPU, so each condensation is capped at
-# CAP seconds (default: what the slot allows); the cap is recorded in every cell's budget. The
-# grid is resumable: rerun with the same OUT_DIR to continue. Needs torch with CUDA plus numpy,
+# CAP seconds (env, default 15); the cap is part of every cell's budget. The grid is resumable:
+# rerun with the same OUT_DIR (and CAP) to continue where the slot ended. Needs torch with CUDA plus numpy,
 # pillow, safetensors, tqdm and pyyaml; a machine without network can install them from a
 # folder of wheels (third argument). Results: OUT_DIR/results.jsonl, run.json, report.md/html.
 set -euo pipefail
@@ -33,11 +33,20 @@ if [ -n "$missing" ]; then
 fi
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_table1.sh: no CUDA device')"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+[ "$minutes" -ge 3 ] || { echo "gpu_table1.sh: MINUTES must be >= 3" >&2; exit 2; }
 slot=$((minutes * 60))
-cap=${CAP:-$(( (slot - 120) / 36 ))}  # 18 condensations + 36 judges share the slot
+# A fixed cap (not derived from the slot) keeps every cell's identity the same across slots of
+# any length, so reruns with the same OUT_DIR resume instead of starting a new grid.
+cap=${CAP:-15}
 start=$(date +%s)
-timeout --signal=INT $((slot - 30)) python3 -m hashcondense -v bench table1 --profile paper \
-  --datasets cifar10 --max-condense-seconds "$cap" --out "$out" --cache-dir "$out/synthetic" \
-  --quiet --no-report || echo "gpu_table1.sh: stopped at the slot's end (rerun to resume)"
+rc=0
+timeout -k 30 --signal=INT $((slot - 30)) python3 -m hashcondense -v bench table1 \
+  --profile paper --datasets cifar10 --max-condense-seconds "$cap" --out "$out" \
+  --cache-dir "$out/synthetic" --quiet --no-report || rc=$?
+case $rc in
+  0) ;;
+  124|130|137) echo "gpu_table1.sh: stopped at the slot's end; rerun with the same OUT_DIR to resume" ;;
+  *) echo "gpu_table1.sh: the grid failed (exit $rc)" >&2; exit "$rc" ;;
+esac
 python3 -m hashcondense report "$out" || true
 echo "gpu_table1.sh: $(( $(date +%s) - start )) s; results in $out"

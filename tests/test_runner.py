@@ -79,6 +79,41 @@ def test_profile_replaces_whole_grid_keys_and_budgets_fall_back_to_default():
     assert (dm.iterations, dm.seconds, dm.snapshots) == (None, 3, (1, 2))
 
 
+@pytest.mark.parametrize("doc, message", [
+    ({"grid": {}, "profile": {"cpu": {}}}, "unknown top-level key"),
+    ({"grid": {}, "profiles": {"CPU": {}}}, "profiles must be a mapping with keys among"),
+    ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+               "budgets": {"DM": {"iterations": 3}}}}, r"budgets for unknown condenser.*'DM'"),
+    ({"grid": {"datasets": {"cifar10": [1, 10]}, "condensers": ["dm"]}},
+     "datasets.cifar10 must be a mapping"),
+    ({"grid": {"datasets": {"cifar10": {"ipcs": [1, 1]}}, "condensers": ["dm"]}}, "repeats"),
+    ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+               "budgets": {"dm": {"seconds": "5m"}}}}, "budgets.dm.seconds must be"),
+    ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+               "precision": "fp16"}}, "precision must be one of"),
+])
+def test_mistyped_files_are_refused_naming_the_file_and_key(doc, message):
+    with pytest.raises(ValueError, match=message) as err:
+        parse_experiment(doc, "cpu", "mine.yaml")
+    assert str(err.value).startswith("mine.yaml: ")
+
+
+def test_yaml_bare_off_means_compile_off(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(TINY.replace('compile: "off"', "compile: off"))
+    assert load_experiment(path, "smoke").compile == "off"
+
+
+def test_nested_condenser_options_merge_recursively_and_refuse_non_configs():
+    from hashcondense.condense import build_condenser
+
+    dm = build_condenser("dm", matching={"batch_real": 8, "dsa": {"strategy": "crop"}})
+    assert dm.matching.batch_real == 8 and dm.matching.dsa.strategy == "crop"
+    assert dm.matching.lr == build_condenser("dm").matching.lr  # untouched defaults stay
+    with pytest.raises(ValueError, match="dm.matching.lr is not a nested config"):
+        build_condenser("dm", matching={"lr": {"value": 1}})
+
+
 @pytest.mark.parametrize("grid, message", [
     ({"datasets": {"cifar10": {"ipcs": [0]}}, "condensers": ["dm"]}, "ipcs must be >= 1"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"], "bitz": [1]},
@@ -101,20 +136,21 @@ def test_builtin_experiments_load_in_every_profile():
     for name in names:
         for profile in ("smoke", "cpu", "paper"):
             exp = load_experiment(name, profile)
-            assert exp.name == name and exp.profile == profile and exp.cells()
+            assert exp.name == name and exp.profile == profile
+            assert next(exp.cells(), None) is not None
     with pytest.raises(ValueError, match="unknown experiment 'tabel1'"):
         load_experiment("tabel1", "cpu")
     with pytest.raises(ValueError, match="unknown profile"):
         load_experiment("table1", "laptop")
 
 
-def test_cells_run_seed_by_seed_and_the_whole_set_once_per_dataset():
+def test_cells_run_seed_by_seed_and_the_whole_set_last_once_per_dataset():
     exp = parse_experiment({"grid": {"datasets": {"cifar10": {"ipcs": [10, 1]}},
                                      "condensers": ["whole", "random"], "seeds": [0, 1]}},
                            "paper")
     order = [(seed, ipc, c.label) for seed, _, ipc, c in exp.cells()]
-    assert order == [(0, 1, "whole"), (0, 1, "random"), (0, 10, "random"),
-                     (1, 1, "whole"), (1, 1, "random"), (1, 10, "random")]
+    assert order == [(0, 1, "random"), (0, 10, "random"), (0, 1, "whole"),
+                     (1, 1, "random"), (1, 10, "random"), (1, 1, "whole")]
 
 
 def test_dataset_filter_and_condensation_time_cap():
@@ -193,6 +229,51 @@ def test_snapshots_are_judged_for_iterative_condensers_only(tmp_path):
     assert dm[1]["condense_seconds"] <= dm[None]["condense_seconds"]
 
 
+def test_a_crash_between_snapshot_and_final_set_recondenses_cleanly(tmp_path, monkeypatch):
+    from hashcondense.synthetic import SyntheticSet
+
+    path = tmp_path / "snap.yaml"
+    path.write_text(TINY.replace("default: {iterations: 2}",
+                                 "default: {iterations: 3, snapshots: [1]}")
+                    .replace("ipcs: [1, 2]", "ipcs: [1]").replace("bits: [16, 32]", "bits: [16]"))
+    exp = load_experiment(path, "smoke")
+    save = SyntheticSet.save
+
+    def crash_on_final(self, where):
+        where = Path(where)
+        if where.name == "final" and list(where.parent.glob("snapshot-1.json")):
+            raise KeyboardInterrupt  # as if killed after snapshot-1 was written
+        return save(self, where)
+
+    monkeypatch.setattr(SyntheticSet, "save", crash_on_final)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path / "crashed", progress=False)
+    interrupted = [p.parent for p in (tmp_path / "crashed" / "synthetic").glob("*/snapshot-1.*")]
+    assert interrupted and not (interrupted[0] / "final.json").exists()
+    monkeypatch.setattr(SyntheticSet, "save", save)
+    run_experiment(exp, tmp_path / "crashed", progress=False)
+    run_experiment(exp, tmp_path / "clean", progress=False)
+    assert comparable(read_jsonl(tmp_path / "crashed" / "results.jsonl")) == comparable(
+        read_jsonl(tmp_path / "clean" / "results.jsonl"))
+
+
+def test_report_leaves_out_cells_of_an_earlier_config(tmp_path):
+    from hashcondense.experiments.report import write_report
+
+    out = tmp_path / "out"
+    run_experiment(load_experiment(tiny(tmp_path), "smoke"), out, progress=False)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(TINY.replace("condensers:\n      - random\n", "condensers:\n")
+                       .replace("bits: [16, 32]", "bits: [16]"))
+    exp = load_experiment(changed, "smoke")
+    run_experiment(exp, out, progress=False)  # all its cells are done already: nothing runs
+    current = {c.key for c, _ in plan(exp, out)}
+    assert set(json.loads((out / "run.json").read_text())["cells"]) == current
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "| random |" not in md and "| dm |" in md and "32 bits" not in md
+
+
 def test_sigkill_mid_grid_then_resume_equals_an_uninterrupted_run(tmp_path):
     config = tiny(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
@@ -200,20 +281,23 @@ def test_sigkill_mid_grid_then_resume_equals_an_uninterrupted_run(tmp_path):
                "smoke", "--quiet", "--no-report", "--out"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     store = killed / "results.jsonl"
-    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             if len({r["cell"] for r in read_jsonl(store)}) >= 3:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, "the grid finished before it could be killed"
+        assert proc.poll() is None, (f"the grid ended (rc {proc.returncode}) before it could "
+                                     f"be killed:\n{(tmp_path / 'first.log').read_text()[-2000:]}")
+        assert time.monotonic() < deadline, "no 3 cells within 240 s"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
     before = read_jsonl(store)
     finished = {r["cell"] for r in before}
     assert 3 <= len(finished) < 12

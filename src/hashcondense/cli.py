@@ -127,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         exp = cap_condense_seconds(exp, args.max_condense_seconds)
     out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
     if args.dry_run:
-        cells = plan(exp, out, data_root=args.data_root)
+        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir)
         for cell, done in cells:
             print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
                   f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "

@@ -65,14 +65,25 @@ def build_condenser(name: str, **kwargs: object) -> Condenser:
     factory = CONDENSERS.get(name)
     try:
         if dataclasses.is_dataclass(factory):
-            defaults = factory()
-            kwargs = {k: dataclasses.replace(getattr(defaults, k), **v)
-                      if isinstance(v, Mapping) and dataclasses.is_dataclass(
-                          getattr(defaults, k, None)) else v
-                      for k, v in kwargs.items()}
+            kwargs = _merge_options(factory(), kwargs, name)
         return factory(**kwargs)
     except TypeError as e:  # an option this method does not have
         raise ValueError(f"condenser {name!r}: {e}") from None
+
+
+def _merge_options(defaults: object, options: Mapping[str, object], where: str) -> dict:
+    """Options with every mapping merged (recursively) into the dataclass default it replaces."""
+    merged = {}
+    for key, value in options.items():
+        default = getattr(defaults, key, None)
+        if isinstance(value, Mapping):
+            if not dataclasses.is_dataclass(default):
+                raise ValueError(f"condenser option {where}.{key} is not a nested config; "
+                                 f"give it a value, not a mapping")
+            value = dataclasses.replace(default, **_merge_options(default, value,
+                                                                  f"{where}.{key}"))
+        merged[key] = value
+    return merged
 
 
 def with_runtime(condenser: Condenser, **settings: str) -> Condenser:

@@ -36,6 +36,8 @@ from typing import Any
 
 PROFILES = ("smoke", "cpu", "paper")
 TASKS = ("retrieval", "classification")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILES = ("auto", "on", "off")
 WHOLE = "whole"  # the pseudo-condenser "train on the whole train split": the reference line
 
 
@@ -94,12 +96,15 @@ class Experiment:
 
     def cells(self) -> Iterator[tuple[int, DatasetSpec, int, CondenserSpec]]:
         """(seed, dataset, ipc, condenser) in run order: every seed's full table before the next
-        seed, small ipcs first, so a stopped grid has the cheapest complete picture."""
+        seed, small ipcs first and the whole set last, so a stopped grid has the cheapest
+        complete picture."""
         for seed, ds in itertools.product(self.seeds, self.datasets):
             for ipc, cond in itertools.product(sorted(ds.ipcs), self.condensers):
-                if cond.method == WHOLE and ipc != min(ds.ipcs):
-                    continue  # the whole set does not depend on ipc: once per dataset
-                yield seed, ds, ipc, cond
+                if cond.method != WHOLE:
+                    yield seed, ds, ipc, cond
+            for cond in self.condensers:  # the costly reference last; it ignores ipc
+                if cond.method == WHOLE:
+                    yield seed, ds, min(ds.ipcs), cond
 
 
 def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
@@ -136,6 +141,8 @@ def _ints(value: Any, key: str, source: str) -> tuple[int, ...]:
     if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                             for v in items):
         raise _err(source, f"{key} must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(items)) != len(items):
+        raise _err(source, f"{key} repeats a value: {value!r}")
     return tuple(items)
 
 
@@ -143,7 +150,26 @@ def _strs(value: Any, key: str, source: str) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, str) for v in items):
         raise _err(source, f"{key} must be a non-empty list of names, got {value!r}")
+    if len(set(items)) != len(items):
+        raise _err(source, f"{key} repeats a value: {value!r}")
     return tuple(items)
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...], source: str) -> str:
+    if value is False:  # YAML reads a bare `off` as false
+        value = "off"
+    if value not in choices:
+        raise _err(source, f"{key} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str, source: str, kind: type = float) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not isinstance(value, int)) or value < 0:
+        raise _err(source, f"{key} must be a non-negative {kind.__name__}, got {value!r}")
+    return value
 
 
 def _record(cls: type, value: Any, key: str, source: str):
@@ -161,6 +187,9 @@ def _datasets(value: Any, source: str) -> tuple[DatasetSpec, ...]:
         raise _err(source, f"datasets must be a mapping name -> {{ipcs: [...]}}, got {value!r}")
     out = []
     for name, spec in value.items():
+        if not isinstance(spec or {}, Mapping):
+            raise _err(source, f"datasets.{name} must be a mapping like {{ipcs: [1, 10]}}, "
+                       f"got {spec!r}")
         spec = _record(DatasetSpec, {**(spec or {}), "name": name}, f"datasets.{name}", source)
         if "ipcs" not in spec:
             raise _err(source, f"datasets.{name}: needs ipcs")
@@ -205,8 +234,10 @@ def _budgets(value: Any, source: str) -> tuple[tuple[str, BudgetSpec], ...]:
         spec = _record(BudgetSpec, spec or {}, f"budgets.{label}", source)
         snapshots = _ints(spec["snapshots"], f"budgets.{label}.snapshots", source) \
             if spec.get("snapshots") else ()
-        out.append((label, BudgetSpec(spec.get("iterations"), spec.get("seconds"),
-                                      tuple(sorted(snapshots)))))
+        out.append((label, BudgetSpec(
+            _number(spec.get("iterations"), f"budgets.{label}.iterations", source, int),
+            _number(spec.get("seconds"), f"budgets.{label}.seconds", source),
+            tuple(sorted(snapshots)))))
     return tuple(out)
 
 
@@ -215,10 +246,20 @@ def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<exper
     """Validate a YAML document and resolve ``profile`` into a concrete grid."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    if not isinstance(doc, Mapping) or "grid" not in doc:
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("grid"), Mapping):
         raise _err(source, "needs a top-level 'grid' mapping")
+    top = sorted(set(doc) - {"name", "description", "metric", "grid", "profiles"})
+    if top:
+        raise _err(source, f"unknown top-level key(s) {top}; known: name, description, "
+                   "metric, grid, profiles")
     profiles = doc.get("profiles") or {}
-    grid = {**doc["grid"], **(profiles.get(profile) or {})}
+    if not isinstance(profiles, Mapping) or sorted(set(profiles) - set(PROFILES)):
+        raise _err(source, f"profiles must be a mapping with keys among {list(PROFILES)}, got "
+                   f"{list(profiles) if isinstance(profiles, Mapping) else profiles!r}")
+    overrides = profiles.get(profile) or {}
+    if not isinstance(overrides, Mapping):
+        raise _err(source, f"profiles.{profile} must be a mapping of grid keys")
+    grid = {**doc["grid"], **overrides}
     known = {"datasets", "condensers", "bits", "hash_methods", "tasks", "seeds", "budgets",
              "judge", "precision", "compile", "split_seed"}
     unknown = sorted(set(grid) - known)
@@ -229,21 +270,27 @@ def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<exper
     if bad:
         raise _err(source, f"unknown task(s) {bad}; choose from {list(TASKS)}")
     judge = _record(JudgeSpec, grid.get("judge") or {}, "judge", source)
+    condensers = _condensers(grid.get("condensers"), source)
+    budgets = _budgets(grid.get("budgets"), source)
+    strays = sorted({label for label, _ in budgets} - {"default", *(c.label for c in condensers)})
+    if strays:
+        raise _err(source, f"budgets for unknown condenser label(s) {strays}; labels: "
+                   f"{[c.label for c in condensers]} (or 'default')")
     return Experiment(
         name=str(doc.get("name", Path(source).stem)),
         profile=profile,
         description=str(doc.get("description", "")),
         metric=str(doc.get("metric", "mAP@1000")),
         datasets=_datasets(grid.get("datasets"), source),
-        condensers=_condensers(grid.get("condensers"), source),
+        condensers=condensers,
         bits=_ints(grid.get("bits", [32]), "bits", source),
         hash_methods=_strs(grid.get("hash_methods", ["dhd"]), "hash_methods", source),
         tasks=tasks,
         seeds=_ints(grid.get("seeds", [0]), "seeds", source),
-        budgets=_budgets(grid.get("budgets"), source),
+        budgets=budgets,
         judge=JudgeSpec(**judge),
-        precision=str(grid.get("precision", "auto")),
-        compile=str(grid.get("compile", "auto")),
+        precision=_choice(grid.get("precision", "auto"), "precision", PRECISIONS, source),
+        compile=_choice(grid.get("compile", "auto"), "compile", COMPILES, source),
         split_seed=int(grid.get("split_seed", 0)),
     )
 

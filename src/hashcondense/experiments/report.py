@@ -141,6 +141,14 @@ def _load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
     for n, r in enumerate(raw):
         key = (r["cell"], r.get("metric")) if r.get("cell") is not None else ("#", n)
         unique[key] = r
+    current = run.get("cells")
+    if current is not None:  # cells of an earlier config in the same folder stay out of it
+        current = set(current)
+        stale = [k for k, r in unique.items() if r.get("cell") not in current]
+        if stale:
+            log.info("%s: %d records of cells outside the current grid are not reported",
+                     results, len(stale))
+        unique = {k: r for k, r in unique.items() if r.get("cell") in current}
     records, skipped = [], 0
     for r in unique.values():
         value = r.get("value", r.get("map"))

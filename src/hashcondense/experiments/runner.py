@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..classification import ClassificationConfig, evaluate_classification
-from ..condense import Budget, build_condenser, with_runtime
+from ..condense import Budget, build_condenser, check_ipc, with_runtime
 from ..data import RetrievalSplit, make_split
 from ..evaluation import JudgeConfig, judge
 from ..hashing import HASH_METHODS
@@ -211,17 +211,22 @@ class ExperimentRunner:
         condenser = self._condensers[cell.condenser.label]
         budget = _budget(self.budget_spec(cell.condenser), condenser)
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("snapshot-*"):  # an interrupted run's; this run makes its own
+            stale.unlink()
         gitignore = self.cache_dir / ".gitignore"
         if not gitignore.exists():
             atomic_write_text(gitignore, "*\n")  # synthetic sets never reach a commit
 
+        start = time.perf_counter()
+
         def on_snapshot(iteration: int, seconds: float, syn: SyntheticSet) -> None:
-            syn.metadata.update(protocol_fingerprint=split.fingerprint(), wall_seconds=seconds)
+            # the same clock as the final set's (setup and compilation included) for Fig. 3
+            syn.metadata.update(protocol_fingerprint=split.fingerprint(),
+                                wall_seconds=time.perf_counter() - start)
             syn.save(folder / f"snapshot-{iteration}")
 
         log.info("condense %s ipc=%d seed=%d on %s", cell.condenser.label, cell.ipc, cell.seed,
                  cell.dataset.name)
-        start = time.perf_counter()
         syn = condenser.condense(split.train, cell.ipc, normalization=norm, seed=cell.seed,
                                  budget=budget, on_snapshot=on_snapshot, progress=self.progress)
         syn.metadata.update(protocol_fingerprint=split.fingerprint(), dataset=cell.dataset.name,
@@ -271,7 +276,7 @@ class ExperimentRunner:
                  cell.ipc, cell.seed, cell.task, cell.hash_method or "", cell.bits or "",
                  {m: round(100 * v, 2) for m, v in metrics.items()})
 
-    def write_run_file(self) -> None:
+    def write_run_file(self, cells: list[str] | None = None) -> None:
         path = self.results_dir / RUN_FILE
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         protocols = dict(previous.get("protocols", {}))
@@ -282,6 +287,8 @@ class ExperimentRunner:
             "description": self.exp.description, "metric": self.exp.metric,
             "spec": asdict(self.exp), "versions": versions(), "machine": machine_info(),
             "protocols": protocols, "cache_dir": str(self.cache_dir),
+            # the report shows these cells only: results of an earlier config may share the store
+            "cells": sorted(cells) if cells is not None else previous.get("cells", []),
             "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -290,7 +297,11 @@ class ExperimentRunner:
         done = self.store.done()
         ran, skipped = [], []
         groups = [self.cells_of(*args) for args in self.exp.cells()]
-        self.write_run_file()
+        for _, ds, ipc, cond in self.exp.cells():  # an impossible ipc fails before any work
+            if cond.method != WHOLE:
+                check_ipc(self.split(ds)[0].train, ipc)
+        keys = [c.key for g in groups for c in g]
+        self.write_run_file(keys)
         total = sum(len(g) for g in groups)
         bar = tqdm(total=total, desc=f"{self.exp.name}/{self.exp.profile}", unit="cell",
                    disable=None if self.progress else True)
@@ -311,10 +322,11 @@ class ExperimentRunner:
                 images, labels, seconds, metadata = sets[cell.iteration]
                 self.judge_cell(cell, images, labels, seconds, metadata)
                 ran.append(cell.key)
+                done.add(cell.key)
                 bar.update(1)
                 if on_cell is not None:
                     on_cell(cell)
-            self.write_run_file()
+            self.write_run_file(keys)
         bar.close()
         return RunSummary(ran, skipped, self.store.path)
 
@@ -329,9 +341,10 @@ def run_experiment(exp: Experiment, results_dir: str | Path, *, data_root: str |
     return runner.run(on_cell)
 
 
-def plan(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None
-         ) -> list[tuple[Cell, bool]]:
+def plan(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None,
+         cache_dir: str | Path | None = None) -> list[tuple[Cell, bool]]:
     """Every cell of ``exp`` and whether ``results_dir`` already holds it (a dry run)."""
-    runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root, progress=False)
+    runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root, progress=False,
+                              cache_dir=Path(cache_dir) if cache_dir else None)
     done = runner.store.done()
     return [(c, c.key in done) for c in runner.all_cells()]
