@@ -332,6 +332,12 @@ def test_smoke_profile_runs_end_to_end_with_a_report(name, tmp_path):
     files = write_report(tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert "report.md" in {Path(p).name for p in files.values()} and "<table" in html
+    cost = (tmp_path / "report.md").read_text().split("## Condensation cost")[1]
+    budgets = dict(exp.budgets)
+    for cond in exp.condensers:  # each iterative set reports the iterations its budget allowed
+        budget = budgets.get(cond.label, budgets.get("default"))
+        if cond.method not in ("whole", "random", "herding") and budget.iterations:
+            assert f"| {cond.label} | 2 | 1 | {budget.iterations} |" in cost
 
 
 def test_cli_bench_and_report_fail_cleanly(tmp_path, capsys):

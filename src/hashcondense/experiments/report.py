@@ -107,6 +107,7 @@ class Record:
     condense_seconds: float
     train_seconds: float
     encode_seconds: float
+    iterations: int | None = None  # iterations the set's condensation actually ran
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -165,7 +166,7 @@ def _load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
             hash_method=r.get("hash_method"), bits=r.get("bits"), metric=str(r["metric"]),
             value=100.0 * float(value), condense_seconds=_num(r.get("condense_seconds")),
             train_seconds=_num(r.get("train_seconds")),
-            encode_seconds=_num(r.get("encode_seconds"))))
+            encode_seconds=_num(r.get("encode_seconds")), iterations=r.get("iterations")))
     if skipped:
         log.warning("%s: skipped %d records without dataset, metric or a finite value",
                     results, skipped)
@@ -391,6 +392,32 @@ def _table1(ctx: _Context) -> Section | None:
                 table.row_classes += ["paper", "diff"]
         blocks += [Text(f"**{ctx.label(ds)}** · {ctx.metric_of(ds)}"), table]
     return Section("Table I: retrieval with condensed sets", blocks)
+
+
+def _cost(ctx: _Context) -> Section | None:
+    """What each final set cost: budgets differ by profile and wall-clock budgets end at
+    machine-dependent iterations, so every table above is read with this one."""
+    sets: dict[tuple, Record] = {}
+    for r in ctx.records:
+        if r.iteration is None and r.condense_cell and r.condense_seconds > 0:
+            sets[(r.dataset, r.condenser, r.ipc, r.seed)] = r
+    if not sets:
+        return None
+    table = Table(["dataset", "condenser", "ipc", "seeds", "iterations run", "condense s"], [])
+    groups: dict[tuple, list[Record]] = {}
+    for (ds, cond, ipc, _), r in sets.items():
+        groups.setdefault((ds, cond, ipc), []).append(r)
+    order = (*CONDENSER_ORDER, *ABLATION_ORDER)
+    for (ds, cond, ipc), rs in sorted(groups.items(), key=lambda kv: (
+            _dataset_rank(kv[0][0]), order.index(kv[0][1]) if kv[0][1] in order else len(order),
+            kv[0][1], kv[0][2] or 0)):
+        its = sorted({r.iterations for r in rs if r.iterations is not None})
+        table.rows.append([ctx.label(ds), cond, str(ipc), str(len(rs)),
+                           ", ".join(map(str, its)) or "–",
+                           ", ".join(f"{r.condense_seconds:.0f}" for r in rs)])
+    return Section("Condensation cost of each set", [Text(
+        "Iterations each condensation ran and its wall time (setup and compilation included), "
+        "per seed. Coresets (random, herding) have no iterations."), table])
 
 
 def _ablation(ctx: _Context) -> Section | None:
@@ -890,7 +917,7 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, Pa
     ctx = _Context(records, run, out_dir)
     title, head = _header(ctx)
     sections = [s for s in (_table1(ctx), _ablation(ctx), _efficiency(ctx),
-                            _generalisation(ctx), _classification(ctx),
+                            _generalisation(ctx), _classification(ctx), _cost(ctx),
                             _pr_curves(ctx, results_dir), _previews(results_dir, out_dir))
                 if s is not None]
     sections.append(_footer(ctx))
