@@ -312,13 +312,16 @@ def test_full_report_sections_figures_and_self_contained_html(full_results, tmp_
     for path in written.values():
         assert path.exists() and path.stat().st_size > 0
 
-    # HTML: self-contained, every image inline and decodable, tables as tables.
+    # HTML: self-contained — every figure inline and decodable, the preview grids (existing
+    # files) by relative path — tables as tables.
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "<link" not in page
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) == len(refs)
-    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert [s for s in srcs if not s.startswith("data:image/png;base64,")] == previews
     for s in srcs:
+        if s in previews:
+            continue
         with Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) as im:
             assert im.format == "PNG"
     assert page.count("<table>") == len(_md_tables(md))

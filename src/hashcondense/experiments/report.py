@@ -888,9 +888,11 @@ def _html(title: str, head: list, sections: list[Section]) -> str:
                                + "</tr>")
                 out.append("</tbody></table>")
             else:
-                data = base64.b64encode(b.data).decode("ascii")
-                out.append(f'<figure><img alt="{html.escape(b.caption)}" '
-                           f'src="data:image/png;base64,{data}">'
+                # figures inline (the page stands alone); preview grids — photos, hundreds of
+                # kB each — by their path next to the page, so they are stored once
+                src = (f"data:image/png;base64,{base64.b64encode(b.data).decode('ascii')}"
+                       if b.write else html.escape(b.name))
+                out.append(f'<figure><img alt="{html.escape(b.caption)}" src="{src}">'
                            f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
 
     blocks(head)

@@ -194,7 +194,7 @@ class ExperimentRunner:
         preview = self.results_dir / "previews" / (
             f"{first.dataset.name}_{first.condenser.label}_ipc{first.ipc}_seed{first.seed}.png")
         if not preview.exists():  # also for a set condensed by another experiment
-            SyntheticSet.load(final).export_grid_png(preview, max_per_class=10)
+            SyntheticSet.load(final).export_grid_png(preview, max_per_class=10, upscale=1)
         out = {}
         for iteration in needed:
             path = final if iteration is None else folder / f"snapshot-{iteration}.json"
