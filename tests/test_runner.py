@@ -211,6 +211,19 @@ def test_a_changed_config_is_a_new_cell_and_old_results_stay(tmp_path):
     assert read_jsonl(out / "results.jsonl") == before
 
 
+def test_a_budget_has_one_identity_however_it_is_written(tmp_path):
+    def keys(budget: str) -> set[str]:
+        path = tmp_path / f"{abs(hash(budget))}.yaml"
+        path.write_text(TINY.replace("default: {iterations: 2}", budget))
+        return {c.key for c, _ in plan(load_experiment(path, "smoke"), tmp_path / "out")}
+
+    assert keys("default: {seconds: 300}") == keys("default: {seconds: 300.0}")
+    assert keys("default: {seconds: 300}") != keys("default: {seconds: 300.5}")
+    from hashcondense.experiments.grid import cap_condense_seconds
+    capped = cap_condense_seconds(load_experiment("table1", "cpu"), 120.0)
+    assert repr(capped.budget_for("dsa").seconds) == "120"  # as the CLI's float arrives
+
+
 def test_snapshots_are_judged_for_iterative_condensers_only(tmp_path):
     path = tmp_path / "snap.yaml"
     path.write_text(TINY.replace("default: {iterations: 2}",

@@ -25,18 +25,15 @@ from torch import nn
 
 from .data import RetrievalSplit
 from .hashing.base import HashBatch
-from .hashing.trainer import TrainConfig, build_hashing_network, train_hashing_network
+from .hashing.trainer import (
+    TrainConfig,
+    build_hashing_network,
+    eval_outputs,
+    train_hashing_network,
+)
 from .models import HashingNetwork
 from .normalization import Normalization
-from .runtime import (
-    CompiledModule,
-    autocast,
-    chunked_forward,
-    default_chunk,
-    pad_batch,
-    resolve_compile,
-    resolve_precision,
-)
+from .runtime import default_chunk
 
 log = logging.getLogger(__name__)
 
@@ -164,28 +161,12 @@ def predict_labels(
 ) -> torch.Tensor:
     """Arg-max class (N,) int64 of uint8 ``images`` (of ``images[index]`` when given).
 
-    Works through ``batch_size`` images at a time (only that many are ever normalised), each
-    forwarded in the runtime's CPU-friendly chunks; under compile every chunk is padded to one
-    size so a single static kernel serves them all (eval mode: per-sample maths only).
+    Each batch forwards in the runtime's CPU-friendly chunks (``default_chunk``).
     """
     device = next(model.parameters()).device
-    amp_dtype = resolve_precision(precision, device)
-    compiled = resolve_compile(compile, device)
-    forward = CompiledModule(model, compiled)
-    chunk = default_chunk(device) or batch_size
-    model.eval()
-    n_total = images.shape[0] if index is None else len(index)
-    out = []
-    for start in range(0, n_total, batch_size):
-        part = (images[start : start + batch_size] if index is None
-                else images[torch.as_tensor(index[start : start + batch_size])])
-        x = normalize(part.to(device))
-        n = x.shape[0]
-        with autocast(device, amp_dtype):
-            logits = chunked_forward(forward, pad_batch(x, chunk) if compiled else x, chunk,
-                                     pad=compiled)[:n]
-        out.append(logits.argmax(dim=1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    return eval_outputs(model, images, normalize, lambda logits: logits.argmax(dim=1),
+                        index=index, batch_size=batch_size, chunk=default_chunk(device),
+                        precision=precision, compile=compile, empty_dtype=torch.int64)
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, split: RetrievalSplit,

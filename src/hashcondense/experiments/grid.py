@@ -127,7 +127,7 @@ def cap_condense_seconds(exp: Experiment, seconds: float) -> Experiment:
     capped = {}
     for label in labels:
         spec = budgets.get(label, budgets.get("default")) or BudgetSpec()
-        limit = seconds if spec.seconds is None else min(spec.seconds, seconds)
+        limit = _canonical(seconds if spec.seconds is None else min(spec.seconds, seconds))
         capped[label] = dataclasses.replace(spec, seconds=limit)
     return dataclasses.replace(exp, budgets=tuple(sorted(capped.items())))
 
@@ -169,7 +169,12 @@ def _number(value: Any, key: str, source: str, kind: type = float) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             kind is int and not isinstance(value, int)) or value < 0:
         raise _err(source, f"{key} must be a non-negative {kind.__name__}, got {value!r}")
-    return value
+    return _canonical(value)
+
+
+def _canonical(value: float) -> float:
+    """300.0 -> 300: numbers enter cell hashes, so one quantity must have one spelling."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _record(cls: type, value: Any, key: str, source: str):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,6 +24,7 @@ from ..runtime import (
     COMPILE_MODES,
     CompiledModule,
     autocast,
+    chunked_forward,
     pad_batch,
     resolve_compile,
     resolve_device,
@@ -228,10 +231,52 @@ def train_hashing_network(
 
 
 @torch.no_grad()
+def eval_outputs(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    index: np.ndarray | None = None,
+    batch_size: int = 500,
+    chunk: int | None = None,
+    precision: str = "auto",
+    compile: str = "off",
+    progress: bool = False,
+    empty_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``reduce`` of the eval-mode outputs for uint8 ``images`` (``images[index]`` when given).
+
+    One loop for every consumer of a trained network (codes, class predictions), so memory stays
+    bounded the same way: only ``batch_size`` images are normalised at once, each batch forwards
+    in ``chunk``-image pieces (one piece when None), and under compile every piece is padded to
+    one size so a single static kernel serves them all (eval mode: per-sample maths only).
+    """
+    device = next(model.parameters()).device
+    amp_dtype = resolve_precision(precision, device)
+    compiled = resolve_compile(compile, device)
+    forward = CompiledModule(model, compiled)
+    chunk = chunk or batch_size
+    model.eval()
+    n_total = images.shape[0] if index is None else len(index)
+    out = []
+    starts = range(0, n_total, batch_size)
+    for start in tqdm(starts, desc="encode", leave=False, disable=None if progress else True):
+        part = (images[start : start + batch_size] if index is None
+                else images[torch.as_tensor(index[start : start + batch_size])])
+        x = normalize(part.to(device))
+        n = x.shape[0]
+        with autocast(device, amp_dtype):
+            outputs = chunked_forward(forward, pad_batch(x, chunk) if compiled else x, chunk,
+                                      pad=compiled)[:n]
+            out.append(reduce(outputs).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=empty_dtype)
+
+
 def encode_images(
     model: HashingNetwork,
     images: torch.Tensor,
-    normalize,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch_size: int = 500,
     precision: str = "auto",
@@ -241,19 +286,8 @@ def encode_images(
     """Binary codes (N, K) int8 in {-1, +1} of uint8 images, encoded in bounded-memory chunks.
 
     ``normalize`` maps a uint8 chunk to the model's input space (``Normalization.normalize``).
-    Under compile the last chunk is padded to the batch size (eval mode has no cross-sample
-    statistics), so one static kernel serves every chunk.
+    Each chunk is one forward (padded to ``batch_size`` under compile).
     """
-    device = next(model.parameters()).device
-    amp_dtype = resolve_precision(precision, device)
-    compiled = resolve_compile(compile, device)
-    forward = CompiledModule(model, compiled)
-    model.eval()
-    out = []
-    chunks = range(0, images.shape[0], batch_size)
-    for start in tqdm(chunks, desc="encode", leave=False, disable=None if progress else True):
-        x = normalize(images[start : start + batch_size].to(device))
-        n = x.shape[0]
-        with autocast(device, amp_dtype):
-            out.append(sign_codes(forward(pad_batch(x, batch_size) if compiled else x)[:n]).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int8)
+    return eval_outputs(model, images, normalize, sign_codes, batch_size=batch_size,
+                        precision=precision, compile=compile, progress=progress,
+                        empty_dtype=torch.int8)
