@@ -265,6 +265,21 @@ def test_table1_cell_holds_mean_std_and_the_papers_value(tmp_path):
     assert totals["condense time"].endswith("(240.0 s)")  # 4 iem condensations of 60 s
 
 
+def test_the_whole_set_is_recognised_by_having_no_ipc_not_by_its_label(tmp_path):
+    results = tmp_path / "r"
+    recs = [_record(condenser="iem", ipc=1, value=0.25), _record(condenser="iem", value=0.4),
+            _record(condenser="full-split", method="whole", ipc=None, value=0.65,
+                    condense_seconds=0.0)]
+    _write(results, recs, _run_json())
+    write_report(results)
+    md = (results / "report.md").read_text(encoding="utf-8")
+    table = _md_tables(_section(md, "Table I"))[0]
+    full = _table1_rows(table, "full-split")["ours"]
+    # Its one value stands in every ipc column, as the whole set's does.
+    assert full[table[0].index("ipc 1 · 32 bits")] == full[table[0].index("ipc 10 · 32 bits")]
+    assert full[table[0].index("ipc 10 · 32 bits")] == "65.00 (1)"
+
+
 def test_full_report_sections_figures_and_self_contained_html(full_results, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"  # a separate folder: previews are referenced, not copied

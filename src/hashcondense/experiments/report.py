@@ -109,6 +109,11 @@ class Record:
     encode_seconds: float
     iterations: int | None = None  # iterations the set's condensation actually ran
 
+    @property
+    def whole(self) -> bool:
+        """The whole-train-split reference, whatever the grid named it: it alone has no ipc."""
+        return self.ipc is None
+
 
 def _num(value: Any, default: float = 0.0) -> float:
     try:
@@ -259,6 +264,7 @@ class _Context:
         self.primary = self._primary_metrics()
         self.condensers = _ordered((r.condenser for r in records),
                                    (*CONDENSER_ORDER, *ABLATION_ORDER))
+        self.whole_sets = {r.condenser for r in records if r.whole}
         self.can_draw = _matplotlib_available()
         if not self.can_draw:
             log.warning("matplotlib is not installed: writing the report without figures")
@@ -380,7 +386,7 @@ def _table1(ctx: _Context) -> Section | None:
         with_paper = compare and any(p is not None for v in paper.values() for p in v)
         for cond in conds:
             # The whole set has no ipc: its numbers stand in every ipc column, as in the paper.
-            ours = [_stats(groups.get((ds, cond, None if cond == "whole" else ipc, b), []))
+            ours = [_stats(groups.get((ds, cond, None if cond in ctx.whole_sets else ipc, b), []))
                     for ipc, b in columns]
             table.rows.append([cond, "ours"] + [str(s) if s else "–" for s in ours])
             table.row_classes.append("ours")
@@ -465,7 +471,7 @@ def _efficiency(ctx: _Context) -> Section | None:
         f"whole training set. Sets that took no time (random, …) sit at {MIN_LOG_SECONDS} s.")]
     for ds, ipc, bits, hm in keys:
         mine = [r for r in rows if r.dataset == ds and r.bits == bits and r.hash_method == hm]
-        whole = _stats([r.value for r in mine if r.condenser == "whole" and r.iteration is None])
+        whole = _stats([r.value for r in mine if r.whole])
         mine = [r for r in mine if r.ipc == ipc]
         lines: dict[str, list[tuple[float, float, bool]]] = {}
         metric = ctx.metric_of(ds)
@@ -537,7 +543,9 @@ def _generalisation(ctx: _Context) -> Section | None:
                                  ctx.condensers)
                 stats = {(h, c): _stats(groups.get((ds, ipc, bits, h, c), []))
                          for h in hashes for c in conds}
-                whole = {h: _stats(groups.get((ds, None, bits, h, "whole"), [])) for h in hashes}
+                whole = {h: _stats([v for c in ctx.whole_sets
+                                    for v in groups.get((ds, None, bits, h, c), [])])
+                         for h in hashes}
                 table = Table(["condenser", *hashes], [
                     [c, *(str(stats[h, c] or "–") for h in hashes)] for c in conds])
                 if any(whole.values()):
@@ -707,7 +715,8 @@ def _pr_curves(ctx: _Context, results_dir: Path) -> Section | None:
             fig, (ax,) = _new_figure(width=5.0)
             for c, (recall, precision) in curves.items():
                 ax.plot(recall, precision, marker="o", markersize=3, color=ctx.color(c),
-                        linestyle="--" if c == "whole" else "-", label=f"{c} (seed {seeds[c]})")
+                        linestyle="--" if c in ctx.whole_sets else "-",
+                        label=f"{c} (seed {seeds[c]})")
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
             ax.set_xlim(0, 1.02)
@@ -797,7 +806,7 @@ def _footer(ctx: _Context) -> Section:
     condense: dict[str, float] = {}
     per_cell: dict[str, tuple[float, float]] = {}
     for r in recs:
-        if r.condense_cell and r.condenser != "whole":  # the whole set is not condensed
+        if r.condense_cell and not r.whole:  # the whole set is not condensed
             condense[r.condense_cell] = max(condense.get(r.condense_cell, 0.0),
                                             r.condense_seconds)
         if r.cell:
