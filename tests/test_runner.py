@@ -124,6 +124,10 @@ def test_nested_condenser_options_merge_recursively_and_refuse_non_configs():
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
       "budgets": {"dm": {"iters": 3}}}, "unknown field"),
     ({"datasets": {"cifar10": {}}, "condensers": ["dm"]}, "needs ipcs"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+      "judge": {"steps": "500"}}, "judge.steps must be a non-negative int"),
+    ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
+      "judge": {"epochs": 0}}, "judge.epochs must be positive"),
 ])
 def test_bad_grids_are_refused_with_the_key_named(grid, message):
     with pytest.raises(ValueError, match=message):
@@ -209,6 +213,21 @@ def test_a_changed_config_is_a_new_cell_and_old_results_stay(tmp_path):
     assert {c.condenser.label for c in todo} == {"dm", "iem-none"}
     assert len(todo) == 2 * 2 * 2
     assert read_jsonl(out / "results.jsonl") == before
+
+
+def test_judge_epochs_floor_reaches_the_trainer_and_is_a_new_cell(tmp_path):
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    path = tmp_path / "epochs.yaml"
+    path.write_text(TINY.replace("judge: {recipe: smoke}", "judge: {recipe: smoke, epochs: 7}"))
+    floored = load_experiment(path, "smoke")
+    plain = load_experiment(tiny(tmp_path), "smoke")
+    runner = ExperimentRunner(floored, tmp_path / "out", progress=False)
+    assert runner.train_config(whole=False).epochs == 7
+    assert runner.train_config(whole=True) == ExperimentRunner(
+        plain, tmp_path / "out", progress=False).train_config(whole=True)  # whole set: untouched
+    keys = {c.key for c, _ in plan(floored, tmp_path / "out")}
+    assert keys.isdisjoint(c.key for c, _ in plan(plain, tmp_path / "out"))
 
 
 def test_a_budget_has_one_identity_however_it_is_written(tmp_path):

@@ -16,7 +16,7 @@ the grid (lists and mappings are not merged, so a profile reads as exactly what 
       tasks: [retrieval]             # and/or classification
       seeds: [0]
       budgets: {default: {iterations: 200}, dsa: {seconds: 600, snapshots: [10, 50]}}
-      judge: {recipe: paper, steps: null}
+      judge: {recipe: paper, steps: null, epochs: null}
       precision: auto
       compile: auto
     profiles:
@@ -68,6 +68,10 @@ class JudgeSpec:
 
     recipe: str = "paper"
     steps: int | None = None  # optimiser steps for condensed sets (the recipe's min_steps)
+    # at least this many epochs over a condensed set: its steps then grow with the decoded set
+    # size (a multi-formation set has f² images per stored one), as the DC evaluation's
+    # fixed-epoch protocol does; None keeps the recipe's (a step budget: equal compute)
+    epochs: int | None = None
     whole_epochs: int | None = None  # epochs for the whole train split
 
 
@@ -275,6 +279,9 @@ def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<exper
     if bad:
         raise _err(source, f"unknown task(s) {bad}; choose from {list(TASKS)}")
     judge = _record(JudgeSpec, grid.get("judge") or {}, "judge", source)
+    for key in ("steps", "epochs", "whole_epochs"):
+        if _number(judge.get(key), f"judge.{key}", source, int) == 0:
+            raise _err(source, f"judge.{key} must be positive, got 0")
     condensers = _condensers(grid.get("condensers"), source)
     budgets = _budgets(grid.get("budgets"), source)
     strays = sorted({label for label, _ in budgets} - {"default", *(c.label for c in condensers)})

@@ -120,6 +120,8 @@ class ExperimentRunner:
             config = dataclasses.replace(config, epochs=judge.whole_epochs)
         if not whole and judge.steps is not None:
             config = dataclasses.replace(config, min_steps=judge.steps)
+        if not whole and judge.epochs is not None:
+            config = dataclasses.replace(config, epochs=judge.epochs)
         return dataclasses.replace(config, precision=self.exp.precision,
                                    compile=self.exp.compile)
 
