@@ -265,11 +265,13 @@ def test_table1_cell_holds_mean_std_and_the_papers_value(tmp_path):
     assert totals["condense time"].endswith("(240.0 s)")  # 4 iem condensations of 60 s
 
 
-def test_the_whole_set_is_recognised_by_having_no_ipc_not_by_its_label(tmp_path):
+def test_the_whole_set_is_recognised_by_its_method_not_its_label(tmp_path):
     results = tmp_path / "r"
     recs = [_record(condenser="iem", ipc=1, value=0.25), _record(condenser="iem", value=0.4),
-            _record(condenser="full-split", method="whole", ipc=None, value=0.65,
-                    condense_seconds=0.0)]
+            _record(condenser="iem", value=0.45, hash_method="dpn"),
+            # a (meaningless) time on the reference must not count as a condensation
+            *(_record(condenser="full-split", method="whole", ipc=None, value=v, hash_method=h,
+                      condense_seconds=99.0) for h, v in (("dhd", 0.65), ("dpn", 0.6)))]
     _write(results, recs, _run_json())
     write_report(results)
     md = (results / "report.md").read_text(encoding="utf-8")
@@ -278,6 +280,11 @@ def test_the_whole_set_is_recognised_by_having_no_ipc_not_by_its_label(tmp_path)
     # Its one value stands in every ipc column, as the whole set's does.
     assert full[table[0].index("ipc 1 · 32 bits")] == full[table[0].index("ipc 10 · 32 bits")]
     assert full[table[0].index("ipc 10 · 32 bits")] == "65.00 (1)"
+    fig4 = _md_tables(_section(md, "Fig. 4"))[0]
+    assert fig4[-1] == ["full-split", "65.00 (1)", "60.00 (1)"]  # the reference row, last
+    totals = dict(_md_tables(_section(md, "Totals"))[0][2:])
+    assert totals["condensations"] == "2"  # iem ipc 1 and ipc 10; not the whole split
+    assert totals["condense time"].endswith("(120.0 s)")
 
 
 def test_full_report_sections_figures_and_self_contained_html(full_results, tmp_path):

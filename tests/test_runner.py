@@ -125,9 +125,9 @@ def test_nested_condenser_options_merge_recursively_and_refuse_non_configs():
       "budgets": {"dm": {"iters": 3}}}, "unknown field"),
     ({"datasets": {"cifar10": {}}, "condensers": ["dm"]}, "needs ipcs"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-      "judge": {"steps": "500"}}, "judge.steps must be a non-negative int"),
+      "judge": {"steps": "500"}}, "judge.steps must be a positive int"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-      "judge": {"epochs": 0}}, "judge.epochs must be positive"),
+      "judge": {"epochs": 0}}, "judge.epochs must be a positive int"),
 ])
 def test_bad_grids_are_refused_with_the_key_named(grid, message):
     with pytest.raises(ValueError, match=message):

@@ -148,7 +148,6 @@ def held_out(split: RetrievalSplit) -> HeldOut:
     return HeldOut(query, database, True)
 
 
-@torch.no_grad()
 def predict_labels(
     model: nn.Module,
     images: torch.Tensor,
@@ -166,7 +165,8 @@ def predict_labels(
     device = next(model.parameters()).device
     return eval_outputs(model, images, normalize, lambda logits: logits.argmax(dim=1),
                         index=index, batch_size=batch_size, chunk=default_chunk(device),
-                        precision=precision, compile=compile, empty_dtype=torch.int64)
+                        precision=precision, compile=compile, desc="predict",
+                        empty_dtype=torch.int64)
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, split: RetrievalSplit,

@@ -280,8 +280,10 @@ def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<exper
         raise _err(source, f"unknown task(s) {bad}; choose from {list(TASKS)}")
     judge = _record(JudgeSpec, grid.get("judge") or {}, "judge", source)
     for key in ("steps", "epochs", "whole_epochs"):
-        if _number(judge.get(key), f"judge.{key}", source, int) == 0:
-            raise _err(source, f"judge.{key} must be positive, got 0")
+        value = judge.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise _err(source, f"judge.{key} must be a positive int, got {value!r}")
     condensers = _condensers(grid.get("condensers"), source)
     budgets = _budgets(grid.get("budgets"), source)
     strays = sorted({label for label, _ in budgets} - {"default", *(c.label for c in condensers)})

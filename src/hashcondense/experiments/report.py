@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import atomic_write_bytes, atomic_write_text, read_jsonl
+from .grid import WHOLE
 from .paper import (
     ABLATION_ORDER,
     ABLATION_SWITCHES,
@@ -108,11 +109,13 @@ class Record:
     train_seconds: float
     encode_seconds: float
     iterations: int | None = None  # iterations the set's condensation actually ran
+    method: str | None = None  # the condenser's method (its label may be anything)
 
     @property
     def whole(self) -> bool:
-        """The whole-train-split reference, whatever the grid named it: it alone has no ipc."""
-        return self.ipc is None
+        """The whole-train-split reference, whatever the grid named it (stores without a
+        method field: the only record without an ipc)."""
+        return self.method == WHOLE if self.method else self.ipc is None
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -171,7 +174,8 @@ def _load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
             hash_method=r.get("hash_method"), bits=r.get("bits"), metric=str(r["metric"]),
             value=100.0 * float(value), condense_seconds=_num(r.get("condense_seconds")),
             train_seconds=_num(r.get("train_seconds")),
-            encode_seconds=_num(r.get("encode_seconds")), iterations=r.get("iterations")))
+            encode_seconds=_num(r.get("encode_seconds")), iterations=r.get("iterations"),
+            method=r.get("method")))
     if skipped:
         log.warning("%s: skipped %d records without dataset, metric or a finite value",
                     results, skipped)
@@ -549,7 +553,8 @@ def _generalisation(ctx: _Context) -> Section | None:
                 table = Table(["condenser", *hashes], [
                     [c, *(str(stats[h, c] or "–") for h in hashes)] for c in conds])
                 if any(whole.values()):
-                    table.rows.append(["whole", *(str(whole[h] or "–") for h in hashes)])
+                    table.rows.append([" / ".join(sorted(ctx.whole_sets)),
+                                       *(str(whole[h] or "–") for h in hashes)])
 
                 def draw(ds=ds, ipc=ipc, bits=bits, hashes=hashes, conds=conds, stats=stats,
                          whole=whole) -> bytes:

@@ -243,6 +243,7 @@ def eval_outputs(
     precision: str = "auto",
     compile: str = "off",
     progress: bool = False,
+    desc: str = "encode",
     empty_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``reduce`` of the eval-mode outputs for uint8 ``images`` (``images[index]`` when given).
@@ -261,7 +262,7 @@ def eval_outputs(
     n_total = images.shape[0] if index is None else len(index)
     out = []
     starts = range(0, n_total, batch_size)
-    for start in tqdm(starts, desc="encode", leave=False, disable=None if progress else True):
+    for start in tqdm(starts, desc=desc, leave=False, disable=None if progress else True):
         part = (images[start : start + batch_size] if index is None
                 else images[torch.as_tensor(index[start : start + batch_size])])
         x = normalize(part.to(device))
