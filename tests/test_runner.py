@@ -148,6 +148,22 @@ def test_builtin_experiments_load_in_every_profile():
         load_experiment("table1", "laptop")
 
 
+@pytest.mark.parametrize("other", ["generalization",
+                                   str(REPO / "benchmarks" / "configs" / "judge_length.yaml")])
+def test_grids_that_reuse_table1_sets_ask_for_the_same_condensation(other):
+    """These cpu grids judge table1's cached sets anew; a condenser or budget that drifted from
+    table1's would silently condense everything again (a different cache key)."""
+    table1 = load_experiment("table1", "cpu")
+    exp = load_experiment(other, "cpu")
+    reference = {c.label: c for c in table1.condensers}
+    for cond in exp.condensers:
+        assert cond == reference[cond.label]
+        assert exp.budget_for(cond.label) == table1.budget_for(cond.label), cond.label
+    for ds in exp.datasets:
+        same = next(d for d in table1.datasets if d.name == ds.name)
+        assert ds.resolution == same.resolution and set(ds.ipcs) <= set(same.ipcs)
+
+
 def test_cells_run_seed_by_seed_and_the_whole_set_last_once_per_dataset():
     exp = parse_experiment({"grid": {"datasets": {"cifar10": {"ipcs": [10, 1]}},
                                      "condensers": ["whole", "random"], "seeds": [0, 1]}},
