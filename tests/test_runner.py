@@ -155,6 +155,9 @@ def test_grids_that_reuse_table1_sets_ask_for_the_same_condensation(other):
     table1's would silently condense everything again (a different cache key)."""
     table1 = load_experiment("table1", "cpu")
     exp = load_experiment(other, "cpu")
+    # the runtime and the split are in the cache key too (the condenser's repr, the protocol)
+    assert (exp.precision, exp.compile, exp.split_seed) == (
+        table1.precision, table1.compile, table1.split_seed)
     reference = {c.label: c for c in table1.condensers}
     for cond in exp.condensers:
         assert cond == reference[cond.label]
