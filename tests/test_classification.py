@@ -30,12 +30,18 @@ def _labeled(per_class: int, seed: int) -> LabeledImages:
     return LabeledImages(images, labels, CLASSES)
 
 
+def _shrink(mp: pytest.MonkeyPatch, name: str, query: int, train: int) -> None:
+    spec = protocols.BUILTIN_PROTOCOLS[name]
+    rule = dataclasses.replace(spec.rule, query_per_class=query, train_per_class=train)
+    mp.setitem(protocols.BUILTIN_PROTOCOLS, name, dataclasses.replace(spec, rule=rule))
+
+
 @pytest.fixture(scope="module")
 def pooled_split():
     """digits-style protocol on one pool of 4 x 40 images: 8 query / 16 train / 16 database per
     class; the database already excludes train and query."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(protocols.PER_CLASS, "digits", (8, 16))
+        _shrink(mp, "digits", 8, 16)
         return split_from_pools("digits", {"pool": _labeled(40, seed=0)}, seed=0)
 
 
@@ -125,8 +131,8 @@ def test_pooled_test_set_excludes_training_images_and_counts_nothing_twice(poole
     assert len(set(held.tolist())) == len(held)
     # a database that lists the whole pool (train and query included) gives the same test set
     pool = _labeled(40, seed=0)
-    everything = dataclasses.replace(split, database=pool,
-                                     database_index=np.arange(len(pool), dtype=np.int64))
+    assert torch.equal(split.pool_data["pool"].images, pool.images)
+    everything = dataclasses.replace(split, database_index=np.arange(len(pool), dtype=np.int64))
     wide = held_out(everything)
     assert np.array_equal(everything.database_index[wide.database], split.database_index)
     assert np.array_equal(wide.query, test.query)
@@ -136,7 +142,7 @@ def test_database_with_training_images_is_filtered():
     """imagenet10-style: queries from the test split, the database is the whole train split
     (training images included), so only its non-training images may be tested on."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(protocols.PER_CLASS, "imagenet10", (3, 5))
+        _shrink(mp, "imagenet10", 3, 5)
         pools = {"train": _labeled(9, seed=1), "test": _labeled(4, seed=2)}
         split = split_from_pools("imagenet10", pools, seed=0)
     assert len(split.database) == 36  # the whole train split
@@ -146,16 +152,6 @@ def test_database_with_training_images_is_filtered():
     kept = split.database_index[test.database]
     assert not set(kept.tolist()) & set(split.train_index.tolist())
     assert set(kept.tolist()) | set(split.train_index.tolist()) == set(range(36))
-
-
-def test_unknown_pools_fall_back_to_the_queries(pooled_split, caplog):
-    split = dataclasses.replace(pooled_split, index_pool={})
-    with caplog.at_level("WARNING", logger="hashcondense.classification"):
-        test = held_out(split)
-    assert not test.database_known
-    assert np.array_equal(test.query, np.arange(len(split.query)))
-    assert len(test.database) == 0
-    assert "queries only" in caplog.text
 
 
 @pytest.mark.parametrize(

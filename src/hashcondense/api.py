@@ -12,7 +12,7 @@ from typing import Any
 
 from .condense import Budget, build_condenser, check_ipc, with_runtime
 from .condense.random import sample_per_class
-from .data import RetrievalSplit, make_split
+from .data import ProtocolSpec, RetrievalSplit, make_split, resolve_protocol
 from .evaluation import JudgeConfig, evaluate_model, judge
 from .hashing import build_hash_method
 from .hashing.checkpoint import load_hashing_model, save_hashing_model
@@ -31,6 +31,28 @@ from .synthetic import SyntheticSet
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
+SKIPPED_FILE = "skipped_images.txt"
+
+
+def load_split(dataset: str | ProtocolSpec, data_root: str | None, *, seed: int,
+               resolution: int | None, split_options: dict[str, Any] | None = None,
+               skip_bad_images: bool = False, progress: bool = True) -> RetrievalSplit:
+    """The split of a built-in protocol, a protocol file or any collection path (with the
+    split-rule options of ``resolve_protocol``)."""
+    spec = resolve_protocol(dataset, **(split_options or {}))
+    return make_split(spec, data_root, seed=seed, resolution=resolution,
+                      skip_bad_images=skip_bad_images, progress=progress)
+
+
+def _dataset_fields(spec: ProtocolSpec) -> dict[str, Any]:
+    """How a run names its data: the protocol, plus the spec a re-evaluation rebuilds it from."""
+    return {"dataset": spec.name if spec.builtin else spec.sources[0],
+            "protocol_spec": spec.to_dict()}
+
+
+def _write_skipped(out: Path, split: RetrievalSplit) -> None:
+    if split.skipped:
+        atomic_write_text(out / SKIPPED_FILE, "".join(f"{s}\n" for s in split.skipped))
 
 
 def select_training_set(split: RetrievalSplit, subset: str, ipc: int | None, seed: int):
@@ -77,6 +99,8 @@ def train_run(
     synthetic: Path | None = None,
     evaluate: bool = False,
     progress: bool = True,
+    split_options: dict[str, Any] | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Train (and optionally evaluate) a hashing network on the protocol's train split, a random
     subset of it, or a synthetic-set file; writes model + run.json (+ metrics.json) to ``out``."""
@@ -88,7 +112,9 @@ def train_run(
     syn = SyntheticSet.load(synthetic) if synthetic is not None else None
     if syn is not None and resolution is None:
         resolution = syn.resolution
-    split = make_split(dataset, data_root, seed=split_seed, resolution=resolution)
+    spec = resolve_protocol(dataset, **(split_options or {}))
+    split = load_split(spec, data_root, seed=split_seed, resolution=resolution,
+                       skip_bad_images=skip_bad_images, progress=progress)
     chosen = None
     if syn is not None:
         check_synthetic_matches(syn, split, str(synthetic))
@@ -99,7 +125,10 @@ def train_run(
         norm = Normalization.from_images(split.train.images)
         raw, labels, chosen = select_training_set(split, subset, ipc, seed)
         images = norm.normalize(raw)
-    backbone = backbone or default_backbone(split.train.resolution)
+    if backbone is None:
+        backbone = default_backbone(split.train.resolution)
+        log.info("backbone %s for %d px images (ConvNet-3 up to 32 px, ResNetAP-10 above, as "
+                 "in the paper)", backbone, split.train.resolution)
     config = JudgeConfig(backbone=backbone, hash_method=hash_method, bits=bits, train=train_config)
     start = time.perf_counter()
     trained = train_hashing_network(
@@ -113,8 +142,10 @@ def train_run(
     }
     save_hashing_model(out, trained.model, method, meta)
     split.save_indices(out / SPLIT_FILE)
+    _write_skipped(out, split)
     run: dict[str, Any] = {
-        "dataset": dataset, "protocol": split.describe(), "subset": subset, "ipc": ipc,
+        **_dataset_fields(spec),
+        "protocol": split.describe(), "subset": subset, "ipc": ipc,
         "synthetic": str(synthetic) if synthetic else None,
         "synthetic_metadata": syn.metadata if syn is not None else None,
         "subset_indices": chosen, "seed": seed, "split_seed": split_seed,
@@ -148,6 +179,8 @@ def condense_run(
     options: dict[str, Any] | None = None,
     compile: str = "auto",
     progress: bool = True,
+    split_options: dict[str, Any] | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
     the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``.
@@ -158,19 +191,23 @@ def condense_run(
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
-    split = make_split(dataset, data_root, seed=split_seed, resolution=resolution)
+    spec = resolve_protocol(dataset, **(split_options or {}))
+    split = load_split(spec, data_root, seed=split_seed, resolution=resolution,
+                       skip_bad_images=skip_bad_images, progress=progress)
     check_ipc(split.train, ipc)
     norm = Normalization.from_images(split.train.images)
     start = time.perf_counter()
     syn = condenser.condense(split.train, ipc, normalization=norm, seed=seed, budget=budget,
                              progress=progress)
     seconds_taken = time.perf_counter() - start
-    syn.metadata.update(dataset=dataset, protocol_fingerprint=split.fingerprint(),
+    fields = _dataset_fields(spec)
+    syn.metadata.update(dataset=fields["dataset"], protocol_fingerprint=split.fingerprint(),
                         split_seed=split_seed, wall_seconds=seconds_taken)
     out.mkdir(parents=True, exist_ok=True)
+    _write_skipped(out, split)
     syn_path = syn.save(out / "synthetic")
     preview = syn.export_grid_png(out / "preview.png")
-    record = {"dataset": dataset, "method": method, "ipc": ipc, "seed": seed,
+    record = {**fields, "method": method, "ipc": ipc, "seed": seed,
               "condense_seconds": seconds_taken, "synthetic": str(syn_path),
               "preview": str(preview), "protocol": split.describe(),
               "condenser": repr(condenser), "metadata": syn.metadata,
@@ -180,15 +217,19 @@ def condense_run(
 
 
 def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: str = "auto",
-                 compile: str = "auto", progress: bool = True) -> dict[str, Any]:
+                 compile: str = "auto", progress: bool = True,
+                 skip_bad_images: bool = False) -> dict[str, Any]:
     """Re-evaluate a trained model on the exact split it was trained against."""
     model, meta = load_hashing_model(model_dir)
     run_path = model_dir / "run.json"
     run = json.loads(run_path.read_text(encoding="utf-8"))
     if "dataset" not in run:
         raise ValueError(f"{run_path}: no 'dataset' field (not written by 'hashcondense train'?)")
-    split = make_split(run["dataset"], data_root, resolution=meta["resolution"],
-                       indices=model_dir / SPLIT_FILE)
+    dataset = (ProtocolSpec.from_dict(run["protocol_spec"]) if "protocol_spec" in run
+               else run["dataset"])
+    split = make_split(dataset, data_root, resolution=meta["resolution"],
+                       indices=model_dir / SPLIT_FILE, skip_bad_images=skip_bad_images,
+                       progress=progress)
     norm = Normalization(tuple(meta["normalization"]["mean"]),
                          tuple(meta["normalization"]["std"]))
     ev = evaluate_model(model, split, norm, precision=precision, compile=compile,

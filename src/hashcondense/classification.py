@@ -122,15 +122,10 @@ def held_out(split: RetrievalSplit) -> HeldOut:
     is exact for every protocol: cifar10/digits (one pool; the database already excludes train
     and query, test = all 55,000 / 1,297 non-train images), imagenet10/20 (queries from the test
     split, the database is the whole train split: only its non-training images count) and
-    validation splits. When the pools are unknown (a hand-built split without ``index_pool``)
-    the database cannot be told apart from the training images and only the queries are used.
-    Queries that are training images (never so in the shipped protocols) are dropped as well.
+    validation splits. Queries that are training images (never so in the shipped protocols)
+    are dropped as well.
     """
     pools = split.index_pool
-    if not all(k in pools for k in ("query", "train", "database")):
-        log.warning("split %s has no index_pool: classification test set = queries only",
-                    split.protocol)
-        return HeldOut(np.arange(len(split.query)), np.zeros(0, np.int64), False)
 
     def not_in(idx: np.ndarray, name: str, others: list[tuple[str, np.ndarray]]) -> np.ndarray:
         keep = np.ones(len(idx), dtype=bool)

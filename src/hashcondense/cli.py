@@ -19,11 +19,39 @@ COMPILE_HELP = ("torch.compile the networks: auto (default) where a backend can 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10",
-                   help="retrieval protocol: cifar10, imagenet10, imagenet20, digits")
+                   help="a built-in protocol (cifar10, imagenet10, imagenet20, digits), or your "
+                   "own images: a folder, .zip, manifest (.csv/.jsonl) or protocol .yaml path")
+    p.add_argument("--protocol", default=None, metavar="FILE.yaml",
+                   help="a protocol file (source path + split rule); replaces --dataset")
     p.add_argument("--data-root", default=None,
-                   help="folder holding the datasets (else $HASHCONDENSE_DATA)")
-    p.add_argument("--resolution", type=int, default=None, help="image side in pixels")
+                   help="folder holding the built-in datasets (else $HASHCONDENSE_DATA)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="image side in pixels (default: from the source, stated in the log)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the query/train/db split")
+    g = p.add_argument_group("split rule (your own images; built-in protocols are fixed)")
+    g.add_argument("--query-per-class", type=int, default=None,
+                   help="queries per class (default min(100, n/10); layout train/test: "
+                   "min(100, test images))")
+    g.add_argument("--train-per-class", type=int, default=None,
+                   help="training images per class (default min(500, half the rest))")
+    g.add_argument("--database", choices=("train+rest", "rest"), default=None,
+                   help="what is searched: every non-query image (default) or the rest only")
+    g.add_argument("--min-per-class", type=int, default=None,
+                   help="drop classes with fewer images (a warning lists them)")
+    g.add_argument("--topk", type=int, default=None,
+                   help="mAP cut-off (default 1000, or the database size when smaller)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images (listed in skipped_images.txt) instead of failing")
+
+
+def _data_kwargs(args: argparse.Namespace) -> dict:
+    """--dataset/--protocol and the split-rule flags as api keyword arguments."""
+    options = {k: getattr(args, k) for k in ("query_per_class", "train_per_class", "database",
+                                             "min_per_class", "topk")
+               if getattr(args, k) is not None}
+    return {"dataset": args.protocol or args.dataset, "data_root": args.data_root,
+            "resolution": args.resolution, "split_seed": args.split_seed,
+            "split_options": options, "skip_bad_images": args.skip_bad_images}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -58,8 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import api
 
     run = api.train_run(
-        dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
-        split_seed=args.split_seed, subset=args.subset, ipc=args.ipc,
+        **_data_kwargs(args), subset=args.subset, ipc=args.ipc,
         synthetic=Path(args.synthetic) if args.synthetic else None,
         hash_method=args.hash_method, backbone=args.backbone, bits=args.bits,
         train_config=_train_config(args), seed=args.seed, out=Path(args.out),
@@ -81,12 +108,11 @@ def cmd_condense(args: argparse.Namespace) -> int:
                                  ("dataset_aug", args.dataset_aug),
                                  ("factor", args.factor)) if v is not None}
     record = api.condense_run(
-        dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
-        split_seed=args.split_seed, method=args.method, ipc=args.ipc, seed=args.seed,
+        **_data_kwargs(args), method=args.method, ipc=args.ipc, seed=args.seed,
         out=Path(args.out), iterations=args.iterations, seconds=args.seconds, options=options,
         compile=args.compile, progress=not args.quiet,
     )
-    print(f"condensed {args.dataset} to {args.ipc} images/class with {args.method} in "
+    print(f"condensed {record['dataset']} to {args.ipc} images/class with {args.method} in "
           f"{record['condense_seconds']:.1f}s")
     print(f"  synthetic set: {record['synthetic']}\n  preview:       {record['preview']}\n"
           f"  record:        {Path(args.out) / 'condense.json'}")
@@ -97,7 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import api
 
     out = api.evaluate_run(Path(args.model), data_root=args.data_root, precision=args.precision
-                           or "auto", compile=args.compile, progress=not args.quiet)
+                           or "auto", compile=args.compile, progress=not args.quiet,
+                           skip_bad_images=args.skip_bad_images)
     for name, value in out["metrics"].items():
         print(f"  {name:>18s}  {100 * value:6.2f}")
     print(f"metrics written to {Path(args.model) / 'metrics.json'}")
@@ -200,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="as when the model was trained with it")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

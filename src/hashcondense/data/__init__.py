@@ -1,14 +1,21 @@
-"""Datasets and retrieval protocols: decode once, cache as uint8 tensors, split by seed."""
+"""Datasets and retrieval protocols: any labelled image collection, decoded once into a memory
+map, split by a seeded rule."""
 
 from .cache import cache_dir
+from .collection import Collection, open_collection, read_source_bytes
 from .protocols import (
-    PER_CLASS,
+    BUILTIN_PROTOCOLS,
     PROTOCOLS,
+    Pools,
+    ProtocolSpec,
     RetrievalSplit,
     SplitIndices,
+    SplitRule,
     load_pools,
+    load_protocol_file,
     load_split_indices,
     make_split,
+    resolve_protocol,
     split_from_pools,
     split_per_class,
 )
@@ -19,6 +26,7 @@ from .sources import (
     RestrictedUnpickler,
     concat_images,
     find_source,
+    load_collection,
     load_digits_source,
     load_source,
     read_cifar10_python,
@@ -28,26 +36,35 @@ from .sources import (
 )
 
 __all__ = [
-    "PER_CLASS",
+    "BUILTIN_PROTOCOLS",
     "PROTOCOLS",
     "SOURCES",
+    "Collection",
     "DataError",
     "LabeledImages",
+    "Pools",
+    "ProtocolSpec",
     "RestrictedUnpickler",
     "RetrievalSplit",
     "SplitIndices",
+    "SplitRule",
     "cache_dir",
     "concat_images",
     "find_source",
+    "load_collection",
     "load_digits_source",
     "load_pools",
+    "load_protocol_file",
     "load_source",
     "load_split_indices",
     "make_split",
+    "open_collection",
     "read_cifar10_python",
     "read_image_folder",
+    "read_source_bytes",
     "resize_images",
     "resolve_data_root",
+    "resolve_protocol",
     "split_from_pools",
     "split_per_class",
 ]

@@ -2,8 +2,9 @@
 
 Formats:
 
-* ImageFolder trees ``<split>/<class>/<image>`` as a directory or a ``.zip`` (optionally under
-  one top-level folder, as archives usually are); classes are the sorted folder names.
+* Any folder, ``.zip`` or manifest of labelled images (:mod:`hashcondense.data.collection`
+  lists it and detects its layout; :mod:`hashcondense.data.cache` decodes it once into a
+  memory map); the built-in ImageFolder datasets are read the same way.
 * The official CIFAR-10 python release ``cifar-10-batches-py/`` (pickles, read with a restricted
   unpickler that only rebuilds numpy arrays).
 * scikit-learn's bundled 8x8 ``digits`` (no download), for demos and tests.
@@ -22,31 +23,22 @@ A split called ``test`` that is absent is looked up as ``val`` (fast.ai's Imagen
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pathlib
 import pickle
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import cache as _cache
-
 log = logging.getLogger(__name__)
 
 DATA_ENV = "HASHCONDENSE_DATA"
-# Bump when decoding changes (resize method, layout rules) so stale cache entries are not used.
-READER_VERSION = 1
 SOURCES: tuple[str, ...] = ("cifar10", "imagenette", "imagewoof", "digits")
 SPLITS: tuple[str, ...] = ("train", "test")
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 _SPLIT_ALIASES = {"test": ("test", "val"), "train": ("train",)}
 _ROOT_HINT = "pass --data-root or set HASHCONDENSE_DATA"
 
@@ -62,6 +54,8 @@ class LabeledImages:
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    # where each image came from (a path, or "archive.zip!/member"); None without files
+    sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -81,6 +75,8 @@ class LabeledImages:
             raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if not isinstance(self.classes, tuple):
             object.__setattr__(self, "classes", tuple(self.classes))
+        if self.sources is not None and len(self.sources) != labels.shape[0]:
+            raise DataError(f"{labels.shape[0]} labels but {len(self.sources)} sources")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
             raise DataError(
                 f"labels must lie in [0, {len(self.classes)}), got "
@@ -101,8 +97,10 @@ class LabeledImages:
 
     def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> LabeledImages:
         """The images at ``index`` (in that order), same classes."""
-        idx = torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1))
-        return LabeledImages(self.images[idx], self.labels[idx], self.classes)
+        idx_np = np.asarray(index, dtype=np.int64).reshape(-1)
+        idx = torch.as_tensor(idx_np)
+        sources = None if self.sources is None else tuple(self.sources[i] for i in idx_np)
+        return LabeledImages(self.images[idx], self.labels[idx], self.classes, sources)
 
     def class_counts(self) -> list[int]:
         """Number of images per class, in class order (zeros included)."""
@@ -132,9 +130,25 @@ def concat_images(parts: Sequence[LabeledImages], *, merge_classes: bool = False
     shapes = {tuple(p.images.shape[1:]) for p in parts}
     if len(shapes) != 1:
         raise DataError(f"cannot concatenate images of different shapes {sorted(shapes)}")
-    return LabeledImages(
-        torch.cat([p.images for p in parts]), torch.cat(labels), tuple(classes)
-    )
+    sources = None
+    if all(p.sources is not None for p in parts):
+        sources = tuple(s for p in parts for s in p.sources)  # type: ignore[union-attr]
+    return LabeledImages(_cat_rows([p.images for p in parts]), torch.cat(labels), tuple(classes),
+                         sources)
+
+
+def _cat_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along rows, but a view when the parts are adjacent rows of one storage
+    (the pools of one memory-mapped collection), so pooling train and test copies nothing."""
+    first = tensors[0]
+    pairs = zip(tensors[:-1], tensors[1:], strict=True)
+    adjacent = all(t.is_contiguous() for t in tensors) and all(
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.data_ptr() + a.nbytes == b.data_ptr() for a, b in pairs)
+    if adjacent:
+        rows = sum(t.shape[0] for t in tensors)
+        return first.as_strided((rows,) + tuple(first.shape[1:]), first.stride())
+    return torch.cat(list(tensors))
 
 
 def resize_images(images: torch.Tensor, resolution: int, *, chunk: int = 4096) -> torch.Tensor:
@@ -159,123 +173,50 @@ def _check_resolution(resolution: int | None) -> None:
         raise DataError(f"resolution must be a positive int or None, got {resolution!r}")
 
 
-# --------------------------------------------------------------------------- ImageFolder
+# --------------------------------------------------------------------------- folders
 
 
-class _Tree:
-    """Uniform listing and reading of a directory or a zip archive."""
-
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-        self.is_zip = path.is_file()
-        self._zip: zipfile.ZipFile | None = None
-        if self.is_zip:
-            try:
-                self._zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"cannot open archive {path}: {exc}") from None
-        elif not path.is_dir():
-            raise DataError(f"dataset path not found: {path}")
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-
-    def entries(self) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-        """(file paths, directory paths) as tuples of path parts, hidden entries skipped."""
-        files: list[tuple[str, ...]] = []
-        dirs: list[tuple[str, ...]] = []
-        if self._zip is not None:
-            for name in self._zip.namelist():
-                parts = tuple(p for p in name.split("/") if p)
-                if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
-                    continue
-                (dirs if name.endswith("/") else files).append(parts)
-                # implicit parent folders (zips need not list directories)
-                for i in range(1, len(parts)):
-                    dirs.append(parts[:i])
-        else:
-            for dirpath, dirnames, filenames in os.walk(self.path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                rel = pathlib.Path(dirpath).relative_to(self.path).parts
-                dirs.extend(rel + (d,) for d in dirnames)
-                files.extend(rel + (f,) for f in filenames if not f.startswith("."))
-        return files, sorted(set(dirs))
-
-    def read(self, parts: tuple[str, ...]) -> bytes:
-        if self._zip is not None:
-            return self._zip.read("/".join(parts))
-        return self.path.joinpath(*parts).read_bytes()
-
-    def describe(self, parts: tuple[str, ...]) -> str:
-        if self.is_zip:
-            return f"{self.path}:{'/'.join(parts)}"
-        return str(self.path.joinpath(*parts))
+def images_from_decoded(decoded: Any, pool: str) -> LabeledImages:
+    """One pool of a decoded collection as a zero-copy view of its (memory-mapped) rows."""
+    start, stop = decoded.pools[pool]
+    return LabeledImages(torch.from_numpy(decoded.images[start:stop]),
+                         torch.from_numpy(np.asarray(decoded.labels[start:stop])),
+                         decoded.classes, decoded.sources[start:stop])
 
 
-def _is_image(parts: tuple[str, ...]) -> bool:
-    return os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
+def check_skipped(decoded: Any, skip_bad_images: bool) -> None:
+    """Refuse a collection with unreadable images unless the caller chose to skip them."""
+    if not decoded.skipped:
+        return
+    source, reason = decoded.skipped[0]
+    more = f" (and {len(decoded.skipped) - 1} more)" if len(decoded.skipped) > 1 else ""
+    if not skip_bad_images:
+        raise DataError(f"{reason}{more}; pass --skip-bad-images to continue without "
+                        f"{'them' if more else 'it'}")
+    log.warning("skipped %d unreadable images, e.g. %s: %s", len(decoded.skipped), source,
+                reason)
 
 
-def _find_prefix(
-    files: list[tuple[str, ...]], dirs: list[tuple[str, ...]]
-) -> tuple[str, ...]:
-    """The folder holding the split folders: the root, or its single top-level folder."""
-    top = {p[0] for p in files if len(p) > 1} | {d[0] for d in dirs}
-    known = {s for aliases in _SPLIT_ALIASES.values() for s in aliases}
-    if top & known:
-        return ()
-    if len(top) == 1:
-        return (next(iter(top)),)
-    return ()
+def load_collection(path: str | os.PathLike, *, resolution: int | None = None,
+                    cache: bool = True, skip_bad_images: bool = False, progress: bool = True
+                    ) -> tuple[Any, Any, dict[str, LabeledImages]]:
+    """(collection, decoded, pools) of a folder, zip or manifest: every pool as LabeledImages.
 
+    ``resolution`` None: the native side when the images are square and of one size (at most
+    128 px), else a size chosen from the source (see ``choose_resolution``), stated in the log.
+    """
+    from .cache import decode_collection
+    from .collection import choose_resolution, open_collection
 
-def _split_members(
-    tree: _Tree, split: str
-) -> tuple[tuple[str, ...], list[tuple[str, list[tuple[str, ...]]]]]:
-    """Return (split folder parts, [(class name, sorted image paths)]) for ``split``."""
-    files, dirs = tree.entries()
-    images = [p for p in files if _is_image(p)]
-    if not images:
-        raise DataError(f"no images found in {tree.path}")
-    prefix = _find_prefix(files, dirs)
-    dirset = set(dirs)
-    split_dir: tuple[str, ...] | None = None
-    for alias in _SPLIT_ALIASES.get(split, (split,)):
-        if prefix + (alias,) in dirset:
-            split_dir = prefix + (alias,)
-            break
-    if split_dir is None:
-        depth = len(prefix)
-        found = sorted(d[-1] for d in dirs if len(d) == depth + 1 and d[:depth] == prefix)
-        raise DataError(
-            f"split {split!r} not found in {tree.path} (expected <split>/<class>/<image>; "
-            f"found folders: {', '.join(found) or 'none'})"
-        )
-    depth = len(split_dir)
-    class_names = sorted(d[depth] for d in dirs if len(d) == depth + 1 and d[:depth] == split_dir)
-    if not class_names:
-        raise DataError(f"split folder {tree.describe(split_dir)} has no class folders")
-    by_class: dict[str, list[tuple[str, ...]]] = {c: [] for c in class_names}
-    for p in images:
-        if len(p) > depth + 1 and p[:depth] == split_dir:
-            by_class[p[depth]].append(p)
-    out = []
-    for c in class_names:
-        if not by_class[c]:
-            raise DataError(f"class folder {tree.describe(split_dir + (c,))} has no images")
-        out.append((c, sorted(by_class[c])))
-    return split_dir, out
-
-
-def _decode(data: bytes, resolution: int | None) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if resolution is not None and img.size != (resolution, resolution):
-            img = img.resize((resolution, resolution), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+    _check_resolution(resolution)
+    coll = open_collection(path)
+    if len(coll) == 0:
+        raise DataError(f"no images found in {coll.path}")
+    if resolution is None:
+        resolution = choose_resolution(coll)
+    decoded = decode_collection(coll, resolution, cache=cache, progress=progress)
+    check_skipped(decoded, skip_bad_images)
+    return coll, decoded, {p: images_from_decoded(decoded, p) for p in coll.pool_names}
 
 
 def read_image_folder(
@@ -284,55 +225,16 @@ def read_image_folder(
     *,
     resolution: int | None = None,
 ) -> LabeledImages:
-    """Decode ``<split>/<class>/<image>`` from a directory or zip into RGB uint8 tensors.
+    """Decode ``<split>/<class>/<image>`` of a directory or zip (layout (b)) into uint8 tensors.
 
-    Classes are the sorted class-folder names of that split.  Without ``resolution`` all images
-    must already be square and of one size; with it every image is resized (whole image, aspect
-    not kept, bilinear with Pillow's antialiasing) so mixed sizes are fine.
+    ``split`` is ``train`` or ``test`` (``val`` is accepted for ``test``).  Not cached.
     """
-    from tqdm import tqdm
+    coll, _, pools = load_collection(path, resolution=resolution, cache=False, progress=False)
+    if coll.layout != "split":
+        raise DataError(f"split {split!r} not found in {path} (expected train/ and test/ or "
+                        f"val/ folders, found layout {coll.layout!r})")
+    return pools["test" if split == "val" else split]
 
-    _check_resolution(resolution)
-    tree = _Tree(pathlib.Path(path))
-    try:
-        _, members = _split_members(tree, split)
-        items = [(p, label) for label, (_, paths) in enumerate(members) for p in paths]
-        classes = tuple(c for c, _ in members)
-        n = len(items)
-
-        images: np.ndarray | None = None
-        # A plain loop: on small JPEGs Pillow's per-call overhead holds the GIL, and threads
-        # measured no faster (cifar10.zip: ~6 s for 60,000 images either way on 2 cores).
-        for i, (parts, _) in enumerate(
-            tqdm(items, desc=f"decode {pathlib.Path(path).name} [{split}]", unit="img",
-                 disable=None, leave=False, mininterval=0.5)
-        ):
-            try:
-                arr = _decode(tree.read(parts), resolution)
-            except Exception as exc:
-                msg = str(exc).replace("\n", " ")
-                raise DataError(f"cannot decode image {tree.describe(parts)}: {msg}") from None
-            if images is None:
-                h, w = arr.shape[:2]
-                if h != w:
-                    raise DataError(
-                        f"image {tree.describe(parts)} is {w}x{h}, not square; "
-                        f"pass a resolution to resize"
-                    )
-                images = np.empty((n, h, w, 3), dtype=np.uint8)
-            if arr.shape != images.shape[1:]:
-                raise DataError(
-                    f"image {tree.describe(parts)} is {arr.shape[1]}x{arr.shape[0]}, "
-                    f"others are {images.shape[2]}x{images.shape[1]}; pass a resolution to resize"
-                )
-            images[i] = arr
-    finally:
-        tree.close()
-    assert images is not None
-    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
-    log.info("decoded %d images (%d classes) from %s [%s]", n, len(classes), path, split)
-    return LabeledImages(tensor, labels, classes)
 
 
 # --------------------------------------------------------------------------- CIFAR python
@@ -523,81 +425,35 @@ def _looks_like_tree(path: pathlib.Path) -> bool:
     return len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in known)
 
 
-def _source_signature(path: pathlib.Path) -> dict[str, Any]:
-    """Identity of a file (size, mtime) or a directory tree (digest of its listing)."""
-    import hashlib
-
-    st = path.stat()
-    if path.is_file():
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    h = hashlib.sha256()
-    count = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for f in sorted(filenames):
-            fst = os.stat(os.path.join(dirpath, f))
-            rel = os.path.relpath(os.path.join(dirpath, f), path)
-            h.update(f"{rel}\0{fst.st_size}\0{fst.st_mtime_ns}\n".encode())
-            count += 1
-    return {"path": str(path.resolve()), "files": count, "listing": h.hexdigest()}
-
-
-def _cached(
-    key: dict[str, Any], build: Callable[[], LabeledImages], use_cache: bool
-) -> LabeledImages:
-    if use_cache:
-        hit = _cache.load_entry(key)
-        if hit is not None:
-            return LabeledImages(*hit)
-    data = build()
-    if use_cache:
-        _cache.store_entry(key, data.images, data.labels, data.classes)
-    return data
-
-
 def load_source(
     name: str,
     root: str | os.PathLike | None = None,
     *,
     resolution: int | None = None,
     cache: bool = True,
+    progress: bool = True,
 ) -> dict[str, LabeledImages]:
     """Load dataset ``name`` as ``{"train": ..., "test": ...}`` with shared classes.
 
     ``resolution`` resizes to that square side at decode time (None keeps the native size).
-    Decoded tensors are cached on disk unless ``cache`` is False; ``digits`` is never cached.
+    Decoded images are cached on disk as a memory map unless ``cache`` is False; ``digits`` and
+    the CIFAR-10 python release (fast to read) are never cached.
     """
     _check_resolution(resolution)
     if name == "digits":
         return load_digits_source(resolution=resolution)
     path, kind = find_source(name, root)
-    signature = _source_signature(path)
-    out: dict[str, LabeledImages] = {}
     if kind == "cifar-python":
-        keys = {s: {"reader": READER_VERSION, "kind": kind, "split": s,
-                    "resolution": resolution, **signature} for s in SPLITS}
-        hits = {s: _cache.load_entry(k) for s, k in keys.items()} if cache else {}
-        if cache and all(h is not None for h in hits.values()):
-            out = {s: LabeledImages(*h) for s, h in hits.items()}  # type: ignore[misc]
-        else:
-            out = read_cifar10_python(path, resolution=resolution)
-            if cache:
-                for s, data in out.items():
-                    _cache.store_entry(keys[s], data.images, data.labels, data.classes)
-    else:
-        for split in SPLITS:
-            key = {"reader": READER_VERSION, "kind": kind, "split": split,
-                   "resolution": resolution, **signature}
-            out[split] = _cached(
-                key,
-                lambda split=split: read_image_folder(path, split, resolution=resolution),
-                cache,
-            )
-    if out["train"].classes != out["test"].classes:
-        raise DataError(
-            f"{path}: train and test class folders differ "
-            f"({len(out['train'].classes)} vs {len(out['test'].classes)} classes: "
-            f"{sorted(set(out['train'].classes) ^ set(out['test'].classes))})"
-        )
-    return out
-
+        return read_cifar10_python(path, resolution=resolution)
+    coll, _, pools = load_collection(path, resolution=resolution, cache=cache,
+                                     progress=progress)
+    if coll.layout != "split":
+        raise DataError(f"{path}: expected train/ and test/ (or val/) class folders, found "
+                        f"layout {coll.layout!r}")
+    for split in SPLITS:
+        missing = [c for c, n in zip(coll.classes, pools[split].class_counts(), strict=True)
+                   if n == 0]
+        if missing:
+            raise DataError(f"{path}: train and test class folders differ (no {split} images "
+                            f"of {', '.join(missing)})")
+    return pools
