@@ -555,8 +555,10 @@ def split_from_pools(
         layout = "pool" if set(pools) == {"pool"} else ("given" if "query" in pools else "split")
         pools = Pools(dict(pools), layout)
     if indices is not None and not spec.builtin and indices.identity is not None:
+        # a saved split of your own images carries its rule and name: replay exactly that
         rule = SplitRule(**indices.identity["rule"])
-        spec = dataclasses.replace(spec, rule=rule, topk=indices.identity.get("topk"))
+        spec = dataclasses.replace(spec, name=indices.protocol, rule=rule,
+                                   topk=indices.identity.get("topk"))
     layout, rule = pools.layout, spec.rule
     index_pool = {
         "pool": {"query": "pool", "train": "pool", "database": "pool"},
