@@ -389,3 +389,17 @@ def test_method_trains_to_map_well_above_chance(name, pattern_problem):
     assert before < 0.45
     assert after >= 0.75
     assert after > before + 0.3
+
+
+def test_codebook_for_many_classes_is_distinct_or_refused():
+    """1,000 classes at 16 bits collide by the birthday bound: collisions are redrawn (a class
+    sharing another's target code could never be told apart); more classes than codes fail."""
+    from hashcondense.hashing.dpn import class_codebook
+
+    codes = class_codebook(1000, 16, seed=0)
+    assert codes.shape == (1000, 16) and len(torch.unique(codes, dim=0)) == 1000
+    small = class_codebook(10, 64, seed=3)
+    assert torch.equal(small, class_codebook(10, 64, seed=3))  # distinct draws are untouched
+    assert torch.equal(class_codebook(256, 8, seed=0).abs(), torch.ones(256, 8))
+    with pytest.raises(ValueError, match="300 classes.*8 bits give only 256.*--bits 9"):
+        class_codebook(300, 8, seed=0)

@@ -255,6 +255,21 @@ def test_load_refuses_pickle_and_missing_files(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- exports
 
 
+def test_export_grid_png_many_classes_wraps_into_blocks(tmp_path: Path) -> None:
+    syn = make_set(ipc=6, classes=200, side=4, factor=1)
+    out = syn.export_grid_png(tmp_path / "many.png", upscale=1, gap=1)
+    with Image.open(out) as im:  # 40 classes per block, 5 blocks, 1000 // 200 = 5 per class
+        block_w = 5 * 4 + 6
+        assert im.size == (5 * block_w + 4 * 4, 40 * 4 + 41)
+        # class 41 (block 1, row 1) is drawn with 5 images; the gap between blocks stays white
+        x0, y0 = block_w + 4 + 1, 1 + 4 + 1
+        cells = [[im.getpixel((x0 + j * 5 + dx, y0 + dy)) for dx in range(4) for dy in range(4)]
+                 for j in range(6)]
+        assert all(any(p != (255, 255, 255) for p in cell) for cell in cells[:5])
+        assert all(p == (255, 255, 255) for p in cells[5][:4])  # no 6th image drawn
+        assert all(im.getpixel((block_w + k, 10)) == (255, 255, 255) for k in range(4))
+
+
 def test_export_grid_png(tmp_path: Path) -> None:
     syn = make_set(ipc=3, classes=2, side=8, factor=2)
     out = syn.export_grid_png(tmp_path / "grid.png", max_per_class=2, upscale=2)

@@ -51,6 +51,9 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64"}
 # --------------------------------------------------------------------------- multi-formation
 
 
+GRID_CLASSES_PER_BLOCK = 40
+GRID_MAX_IMAGES = 1000
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -376,6 +379,9 @@ class SyntheticSet:
                         gap: int = 2) -> Path:
         """One row per class (up to ``max_per_class`` images), white gaps; for a quick look.
 
+        Beyond 40 classes the rows wrap into blocks side by side and each class shows fewer
+        images (about 1,000 in all), so 200 or 1,000 classes still give a viewable picture.
+
         Stored images are shown by default so the ``f x f`` mosaic is visible; ``decoded=True``
         shows training images.  ``upscale`` (nearest) defaults to making cells ~64 px or more.
         """
@@ -393,15 +399,23 @@ class SyntheticSet:
         cell = side * upscale
         counts = torch.bincount(labels, minlength=self.num_classes)
         cols = max(1, min(max_per_class, int(counts.max())))
-        rows = self.num_classes
+        n_classes = self.num_classes
+        if n_classes > GRID_CLASSES_PER_BLOCK:  # many classes: fewer images each, in blocks
+            cols = max(1, min(cols, GRID_MAX_IMAGES // n_classes))
+        rows = min(n_classes, GRID_CLASSES_PER_BLOCK)
+        blocks = -(-n_classes // rows)
+        block_w = cols * cell + (cols + 1) * gap
+        sep = 4 * max(gap, 1)  # blocks of classes side by side, a wider gap between them
         c = pixels.shape[1]
-        canvas = torch.full((c, rows * cell + (rows + 1) * gap, cols * cell + (cols + 1) * gap),
-                            255, dtype=torch.uint8)
-        for r in range(rows):
-            members = torch.nonzero(labels == r).flatten()[:cols]
+        canvas = torch.full((c, rows * cell + (rows + 1) * gap,
+                             blocks * block_w + (blocks - 1) * sep), 255, dtype=torch.uint8)
+        for klass in range(n_classes):
+            b, r = divmod(klass, rows)
+            members = torch.nonzero(labels == klass).flatten()[:cols]
             for col, i in enumerate(members.tolist()):
                 img = pixels[i].repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
-                y, x = gap + r * (cell + gap), gap + col * (cell + gap)
+                y = gap + r * (cell + gap)
+                x = b * (block_w + sep) + gap + col * (cell + gap)
                 canvas[:, y : y + cell, x : x + cell] = img
         buf = io.BytesIO()
         _pil_image(canvas).save(buf, format="PNG")

@@ -43,7 +43,7 @@ WHOLE = "whole"  # the pseudo-condenser "train on the whole train split": the re
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str  # a retrieval protocol (hashcondense.data.PROTOCOLS)
+    name: str  # a built-in protocol (hashcondense.data.PROTOCOLS) or a collection's path
     ipcs: tuple[int, ...]
     resolution: int | None = None
 
@@ -205,8 +205,26 @@ def _datasets(value: Any, source: str) -> tuple[DatasetSpec, ...]:
         ipcs = _ints(spec["ipcs"], f"datasets.{name}.ipcs", source)
         if min(ipcs) < 1:
             raise _err(source, f"datasets.{name}.ipcs must be >= 1, got {list(ipcs)}")
-        out.append(DatasetSpec(name=name, ipcs=ipcs, resolution=spec.get("resolution")))
+        out.append(DatasetSpec(name=_dataset_name(name, source), ipcs=ipcs,
+                               resolution=spec.get("resolution")))
     return tuple(out)
+
+
+def _dataset_name(name: str, source: str) -> str:
+    """A built-in protocol as is; your own collection (or protocol file) as an absolute path,
+    a relative one taken from the grid file's folder, so a grid runs from any directory."""
+    from ..data import PROTOCOLS
+
+    if name in PROTOCOLS:
+        return name
+    path = Path(name).expanduser()
+    if not path.is_absolute() and Path(source).is_file():
+        path = Path(source).parent / path
+    if not path.exists():
+        raise _err(source, f"datasets.{name}: neither a built-in protocol "
+                   f"({', '.join(PROTOCOLS)}) nor an existing folder, .zip, manifest or "
+                   "protocol .yaml")
+    return str(path.resolve())
 
 
 def _condensers(value: Any, source: str) -> tuple[CondenserSpec, ...]:

@@ -63,10 +63,30 @@ def class_codebook(
         raise ValueError(f"codebook needs num_classes, bits >= 1, got {num_classes}, {bits}")
     if method not in CODEBOOKS:
         raise ValueError(f"codebook must be one of {CODEBOOKS}, got {method!r}")
+    if bits < 63 and num_classes > 2**bits:
+        raise ValueError(f"{num_classes} classes need distinct class codes, but {bits} bits "
+                         f"give only {2**bits}; use --bits {max(1, num_classes - 1).bit_length()}"
+                         " or more")
     generator = torch.Generator().manual_seed(seed)
     if method == "greedy":
-        return greedy_codes(num_classes, bits, generator)
-    return random_codes(num_classes, bits, generator)
+        codes = greedy_codes(num_classes, bits, generator)
+    else:
+        codes = random_codes(num_classes, bits, generator)
+    return _distinct(codes, generator)
+
+
+def _distinct(codes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Redraw any row equal to an earlier one (two classes sharing a target code could never be
+    told apart; likely with many classes and few bits), leaving distinct codebooks untouched."""
+    while True:
+        _, first = torch.unique(codes, dim=0, return_inverse=True)
+        seen: set[int] = set()
+        dup = []
+        for i, k in enumerate(first.tolist()):
+            (dup.append(i) if k in seen else seen.add(k))
+        if not dup:
+            return codes
+        codes[dup] = random_codes(len(dup), codes.shape[1], generator)
 
 
 class DPNHead(nn.Module):
