@@ -355,3 +355,24 @@ def test_end_to_end_on_a_generated_folder(tmp_path):
     assert "mAP@all" in metrics
     run = json.loads((tmp_path / "out" / "model" / "run.json").read_text())
     assert run["dataset"] == str(root.resolve()) and run["protocol"]["protocol"] == "mine"
+
+
+@pytest.mark.slow
+def test_bench_grid_runs_a_collection_path_relative_to_the_grid_file(tmp_path):
+    from hashcondense.experiments import load_experiment, run_experiment
+
+    pool_tree(tmp_path / "grids" / "photos", {"red": 12, "green": 12, "blue": 12})
+    grid = tmp_path / "grids" / "mine.yaml"
+    grid.write_text("name: mine\ngrid:\n  datasets: {photos: {ipcs: [1], resolution: 8}}\n"
+                    "  condensers: [random]\n  bits: [16]\n  judge: {recipe: smoke}\n"
+                    "  precision: fp32\n  compile: \"off\"\n")
+    exp = load_experiment(grid, "paper")
+    assert exp.datasets[0].name == str((tmp_path / "grids" / "photos").resolve())
+    summary = run_experiment(exp, tmp_path / "out", progress=False)
+    assert summary.ran
+    rows = [json.loads(x) for x in summary.results.read_text().splitlines()]
+    assert {r["dataset"] for r in rows} == {exp.datasets[0].name}
+    bad = tmp_path / "grids" / "bad.yaml"
+    bad.write_text(grid.read_text().replace("photos:", "nope:"))
+    with pytest.raises(ValueError, match="datasets.nope: neither a built-in protocol"):
+        load_experiment(bad, "paper")
