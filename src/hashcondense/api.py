@@ -245,7 +245,7 @@ def evaluate_run(model_dir: Path, *, data_root: str | None = None, precision: st
 # digits are 8x8; at 16 px IEM's 2x2 multi-formation keeps every tile at the native 8x8
 DEMO_RESOLUTION = 16
 DEMO_IPC = 2
-DEMO_ITERATIONS = 100
+DEMO_ITERATIONS = 60
 
 
 @dataclass(frozen=True)
@@ -255,8 +255,8 @@ class DemoConfig:
     ipc: int = DEMO_IPC
     iterations: int = DEMO_ITERATIONS
     batch_real: int = 64  # real images per class per IEM step (the paper's 256 is for CIFAR)
-    whole_epochs: int = 30
-    subset_steps: int = 300
+    whole_epochs: int = 20
+    subset_steps: int = 150
 
 
 def demo(out: Path, *, seed: int = 0, config: DemoConfig | None = None,
