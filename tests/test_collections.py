@@ -376,3 +376,18 @@ def test_bench_grid_runs_a_collection_path_relative_to_the_grid_file(tmp_path):
     bad.write_text(grid.read_text().replace("photos:", "nope:"))
     with pytest.raises(ValueError, match="datasets.nope: neither a built-in protocol"):
         load_experiment(bad, "paper")
+
+
+def test_pooling_train_and_test_of_one_collection_copies_nothing(tmp_path):
+    root = tmp_path / "b"
+    pool_tree(root / "train", {"red": 4, "green": 4})
+    pool_tree(root / "test", {"red": 2, "green": 2})
+    from hashcondense.data.sources import concat_images
+
+    _, decoded, pools = data.load_collection(root)
+    both = concat_images([pools["train"], pools["test"]])
+    assert both.images.data_ptr() == pools["train"].images.data_ptr()  # a view of the map
+    assert torch.equal(both.images, torch.from_numpy(np.asarray(decoded.images)))
+    other = concat_images([pools["test"], pools["train"]])  # not adjacent in that order: a copy
+    assert other.images.data_ptr() != pools["test"].images.data_ptr()
+    assert torch.equal(other.images[:4], pools["test"].images)

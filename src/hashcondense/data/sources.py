@@ -179,7 +179,8 @@ def _check_resolution(resolution: int | None) -> None:
 def images_from_decoded(decoded: Any, pool: str) -> LabeledImages:
     """One pool of a decoded collection as a zero-copy view of its (memory-mapped) rows."""
     start, stop = decoded.pools[pool]
-    return LabeledImages(torch.from_numpy(decoded.images[start:stop]),
+    # slice the whole map as one tensor, so adjacent pools share a storage (see _cat_rows)
+    return LabeledImages(torch.from_numpy(decoded.images)[start:stop],
                          torch.from_numpy(np.asarray(decoded.labels[start:stop])),
                          decoded.classes, decoded.sources[start:stop])
 
