@@ -255,7 +255,7 @@ class DemoConfig:
     ipc: int = DEMO_IPC
     iterations: int = DEMO_ITERATIONS
     batch_real: int = 64  # real images per class per IEM step (the paper's 256 is for CIFAR)
-    whole_epochs: int = 20
+    whole_epochs: int = 40
     subset_steps: int = 150
 
 
