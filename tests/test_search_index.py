@@ -171,3 +171,16 @@ def test_bit_length_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="k: must be a positive"):
         index.search(rng.choice([-1, 1], size=(2, 32)), 0)
     assert isinstance(index.search(rng.choice([-1, 1], size=(2, 32)), 3), SearchHits)
+
+
+def test_tune_changes_search_parameters_only() -> None:
+    rng = np.random.default_rng(7)
+    db = tied_codes(rng, 300, 32, distinct=30)
+    q = tied_codes(rng, 10, 32, distinct=30)
+    index = CodeIndex.create(db, kind="ivf", params=IndexParams(ivf_nlist=8, ivf_nprobe=1))
+    index.tune(ivf_nprobe=8)  # every list probed: the exact distance lists
+    exact = CodeIndex.create(db, kind="exact").search(q, 20)
+    np.testing.assert_array_equal(index.search(q, 20).distances, exact.distances)
+    assert index.faiss_index().nprobe == 8
+    with pytest.raises(ValueError, match="fixed once the index is built"):
+        index.tune(ivf_nlist=4)
