@@ -40,6 +40,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+# Measured here with another job on the second core: spinning OpenMP waits made 2-thread faiss
+# searches ~3x slower than 1 thread (151 vs 491 queries/s, exact 1M); passive waits do not.
+# Must be set before faiss (libgomp) loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from hashcondense.records import append_jsonl, atomic_write_text, machine_info, read_jsonl  # noqa: E402
 from hashcondense.records import versions as base_versions  # noqa: E402
@@ -181,6 +185,7 @@ def run_synthetic(args: argparse.Namespace) -> list[dict]:
               "machine": mach, "machine_info": info, "versions": versions(),
               "loadavg_start": os.getloadavg(), "seed": args.seed, "bits": BITS,
               "centres": CENTRES, "flip_probability": FLIP, "dataset": "synthetic-clustered",
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "repeats": args.repeats}
     rng = np.random.default_rng(args.seed)
     centres = np.packbits(rng.integers(0, 2, (CENTRES, BITS), dtype=np.uint8), axis=1)
@@ -329,8 +334,9 @@ def write_markdown(results: Path) -> None:
              "drawn the same way. Throughput = queries in one batch / median wall time of the "
              "repeats (faiss threads via `faiss.omp_set_num_threads`; the numpy baseline "
              "— XOR + `np.bitwise_count` on uint64 words + `argpartition` — uses a thread pool "
-             "over query chunks). Ratio = index q/s / numpy q/s at the same k and threads, same "
-             "process. recall@k is defined on distances: with e, a the exact and approximate "
+             "over query chunks; `OMP_WAIT_POLICY=PASSIVE`, see the script). Ratio = index "
+             "q/s / numpy q/s at the same k and threads, same process. recall@k is defined "
+             "on distances: with e, a the exact and approximate "
              "top-k distances sorted ascending, recall@k = |{i : a[i] <= e[i]}| / k, averaged "
              "over all queries (reference: the exact index, checked equal to the baseline on "
              "the baseline's queries). All results, exact or "

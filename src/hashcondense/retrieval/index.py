@@ -101,8 +101,9 @@ class IndexParams:
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"index parameter {name}: must be a positive int, got {value!r}")
+            low = 0 if name == "mih_nflip" else 1
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"index parameter {name}: must be an int >= {low}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
