@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from .serve.cli import add_search_commands
+
 TRAIN_DEFAULTS_HELP = ("defaults: the --profile's judge recipe (recipes.py), the one the README's "
                       "tables use; these flags override single values")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -279,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", help="folder written by 'hashcondense bench'")
     p.add_argument("--out", default=None, help="where to write (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
+    add_search_commands(sub)
     return parser
 
 
