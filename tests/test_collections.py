@@ -3,6 +3,7 @@ commands end to end on a generated folder and (when present) a real zip passed a
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -391,3 +392,37 @@ def test_pooling_train_and_test_of_one_collection_copies_nothing(tmp_path):
     other = concat_images([pools["test"], pools["train"]])  # not adjacent in that order: a copy
     assert other.images.data_ptr() != pools["test"].images.data_ptr()
     assert torch.equal(other.images[:4], pools["test"].images)
+
+
+@pytest.mark.slow
+def test_index_and_search_your_own_folder(tmp_path, capsys):
+    """A collection without splits is indexed whole, with its files as sources: searching one of
+    them finds it at distance 0 and its thumbnail comes from the file."""
+    pytest.importorskip("faiss")
+    from hashcondense.serve.engine import SearchEngine
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "mine"
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            px = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)  # not square: centre crop
+            Image.fromarray(px).save(root / f"c{c}" / f"{i}.png")
+    model = tmp_path / "model"
+    assert main(["train", "--dataset", str(root), "--resolution", "16", "--profile", "smoke",
+                 "--compile", "off", "--out", str(model), "--quiet"]) == 0
+    index = tmp_path / "index"
+    assert main(["index", "--model", str(model), "--dataset", str(root), "--out", str(index),
+                 "--quiet"]) == 0
+    engine = SearchEngine(index)
+    assert len(engine) == 24  # every image, not only the database split
+    probe = root / "c1" / "3.png"
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), str(probe), "-k", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    hits = hits[0]["results"] if isinstance(hits, list) else hits["results"]
+    zero = [h for h in hits if h["distance"] == 0]
+    assert zero and any(h["source"] == str(probe.resolve()) for h in zero)
+    png = engine.thumbnail(engine.index.sources.index(str(probe.resolve())))
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.size == (20, 24)  # the file itself, not the 16-px pixels the model saw

@@ -98,8 +98,12 @@ def add_search_commands(sub: Any) -> None:
                    help="'add': append images to the existing --index")
     p.add_argument("--model", default=None, help="folder written by 'hashcondense train' "
                    "(index add: default the index's own model)")
-    p.add_argument("--dataset", required=True, help="retrieval protocol (cifar10, digits, …)")
-    p.add_argument("--split", default="database", choices=("database", "query", "train"))
+    p.add_argument("--dataset", required=True,
+                   help="a built-in protocol (cifar10, digits, …) or your own folder, .zip or "
+                   "manifest")
+    p.add_argument("--split", default=None, choices=("database", "query", "train"),
+                   help="which split to index (default: the database; a collection without "
+                   "splits, <class>/<image>, is indexed whole)")
     p.add_argument("--data-root", default=None,
                    help="folder holding the datasets (else $HASHCONDENSE_DATA)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the query/train/db split")

@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +36,6 @@ __all__ = [
     "decode_image",
     "index_run",
     "model_fingerprint",
-    "read_source_bytes",
     "search_run",
 ]
 
@@ -73,50 +71,33 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
     return {"fingerprint": combined.hexdigest(), **parts, "path": str(model_dir)}
 
 
-def read_source_bytes(source: str) -> bytes:
-    """Bytes of an indexed image: an absolute path or ``"<zip path>!/<member>"``.
-
-    Uses ``hashcondense.data.read_source_bytes`` when the data layer provides it.
-    """
-    from .. import data
-
-    reader = getattr(data, "read_source_bytes", None)
-    if reader is not None:
-        return reader(source)
-    path, sep, member = source.partition("!/")
-    if sep:
-        with zipfile.ZipFile(path) as z:
-            return z.read(member)
-    return Path(source).read_bytes()
-
-
 def decode_image(
     data: bytes, *, resolution: int, channels: int, name: str = "image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Image bytes → uint8 (C, R, R), the way the dataset loader decodes files (RGB or L, whole
-    image resized to R×R with Pillow's bilinear filter when its size differs).
+    """Image bytes → uint8 (C, R, R), by the dataset loader's rule (``data.images``: EXIF
+    orientation, any mode to RGB, shorter side resized then centre-cropped); a 1-channel model
+    gets the luminance.
 
     Refuses non-images and images over ``max_pixels`` (checked from the header, before the
     pixels are decoded) with a ``ValueError`` naming ``name``.
     """
     from PIL import Image
 
+    from ..data import DataError
+    from ..data.images import decode_image as decode_file
+    from ..data.images import probe_size
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ValueError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (resolution, resolution):
-                img = img.resize((resolution, resolution), Image.Resampling.BILINEAR)
-            arr = np.array(img, dtype=np.uint8)
-    except ValueError:
-        raise
-    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
-        msg = str(e).replace("\n", " ") or type(e).__name__
-        raise ValueError(f"{name}: not a readable image ({msg})") from None
-    return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+        w, h = probe_size(data, name=name)
+        if w * h > max_pixels:
+            raise ValueError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
+        arr, _ = decode_file(data, resolution, name=name)
+    except DataError as e:
+        raise ValueError(f"{name}: not a readable image ({e})") from None
+    if channels == 1:
+        return np.array(Image.fromarray(arr).convert("L"), dtype=np.uint8)[None]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 @dataclass
@@ -179,18 +160,32 @@ class QueryEncoder:
 # ---------------------------------------------------------------------------------- runs
 
 
-def _load_split_images(dataset: str, data_root: str | None, split: str, split_seed: int,
+def _load_split_images(dataset: str, data_root: str | None, split: str | None, split_seed: int,
                        resolution: int) -> tuple[Any, dict[str, Any]]:
-    from ..data import make_split
+    """The images to index: a protocol's split (default its database), or a whole collection
+    that has no splits (layout ``<class>/<image>``) when no split is asked for."""
+    from ..data import load_collection, make_split, resolve_protocol
 
-    if split not in SPLITS:
+    if split is not None and split not in SPLITS:
         raise ValueError(f"--split: choose one of {', '.join(SPLITS)}, got {split!r}")
-    protocol = make_split(dataset, data_root, seed=split_seed, resolution=resolution)
-    images = getattr(protocol, split)
-    desc = {"dataset": dataset, "split": split, "split_seed": split_seed,
-            "protocol_fingerprint": protocol.fingerprint(), "count": len(images),
-            "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return images, desc
+    spec = resolve_protocol(dataset)
+    desc: dict[str, Any] = {"dataset": dataset if spec.builtin else spec.sources[0],
+                            "split": split, "split_seed": split_seed}
+    if split is None and not spec.builtin:
+        coll, _, pools = load_collection(spec.sources[0], resolution=resolution)
+        if coll.layout == "pool":
+            images = pools["pool"]
+            desc.update(split="all", count=len(images))
+            return images, _stamp(desc)
+    protocol = make_split(spec, data_root, seed=split_seed, resolution=resolution)
+    images = getattr(protocol, split or "database")
+    desc.update(split=split or "database", protocol_fingerprint=protocol.fingerprint(),
+                count=len(images))
+    return images, _stamp(desc)
+
+
+def _stamp(desc: dict[str, Any]) -> dict[str, Any]:
+    return {**desc, "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _encode_collection(encoder: QueryEncoder, images: Any, progress: bool
@@ -199,7 +194,7 @@ def _encode_collection(encoder: QueryEncoder, images: Any, progress: bool
         raise ValueError(f"dataset: {images.channels}-channel {images.resolution}px images, the "
                          f"model takes {encoder.channels}-channel {encoder.resolution}px")
     codes = encoder.encode(images.images, progress=progress)
-    sources = getattr(images, "sources", None)
+    sources = images.sources
     # Without source files, keep the pixels the model saw so the page can still show them.
     thumbs = images.images.numpy() if sources is None else None
     return codes, (list(sources) if sources is not None else None), thumbs
@@ -350,7 +345,11 @@ class SearchEngine:
     def thumbnail(self, item: int) -> bytes:
         """PNG thumbnail of an indexed item: its source file when known, else the stored
         pixels the model saw (shown enlarged by the page); never a caller-supplied path."""
-        from PIL import Image
+        import zipfile
+
+        from PIL import Image, ImageOps
+
+        from ..data import read_source_bytes
 
         item = self._check_id(item)
         source = self.index.sources[item]
@@ -363,7 +362,7 @@ class SearchEngine:
                 with Image.open(io.BytesIO(data)) as img:
                     if img.size[0] * img.size[1] > self.max_pixels:
                         raise NotFound(f"id {item}: source image too large for a thumbnail")
-                    img = img.convert("RGB")
+                    img = ImageOps.exif_transpose(img).convert("RGB")  # as a viewer shows it
                     img.thumbnail((THUMB_SIDE, THUMB_SIDE))
                     return _png(img)
             except (OSError, SyntaxError, Image.DecompressionBombError) as e:
