@@ -29,8 +29,8 @@ MARGIN = 0.008
 
 def iem_and_random_map(data_root, seed: int) -> tuple[float, float]:
     split = make_split("cifar10", data_root, seed=0)
-    small = dataclasses.replace(split, query=split.query.subset(range(0, 1000, 5)),
-                                database=split.database.subset(range(0, 54000, 18)))
+    small = dataclasses.replace(split, query_index=split.query_index[0:1000:5],
+                                database_index=split.database_index[0:54000:18])
     norm = Normalization.from_images(split.train.images)
     config = JudgeConfig(bits=16, train=TrainConfig(epochs=1, min_steps=300, batch_size=32,
                                                     precision="fp32"))

@@ -19,8 +19,8 @@ def test_dhd_on_a_real_cifar10_subset_retrieves_far_above_chance(data_root):
     assert split.fingerprint() == make_split("cifar10", data_root, seed=0).fingerprint()
     # a smaller query/database keeps this under a minute; the protocol's own sizes are tested
     # in test_data.py
-    small = dataclasses.replace(split, query=split.query.subset(range(0, 1000, 5)),
-                                database=split.database.subset(range(0, 54000, 18)))
+    small = dataclasses.replace(split, query_index=split.query_index[0:1000:5],
+                                database_index=split.database_index[0:54000:18])
     norm = Normalization.from_images(split.train.images)
     idx = sample_per_class(split.train.labels, 40, seed=0)
     config = JudgeConfig(bits=16, train=TrainConfig(epochs=1, min_steps=300, batch_size=32,
