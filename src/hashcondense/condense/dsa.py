@@ -44,6 +44,7 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .driver import Execution
 from .gradient_matching import (
     DISTANCES,
     fresh_classifier,
@@ -119,16 +120,17 @@ class DSA:
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         return condense_dsa(train, ipc, config=self.matching, normalization=normalization,
                             seed=seed, budget=budget or Budget(iterations=self.iterations),
-                            method=self.name, on_snapshot=on_snapshot, progress=progress)
+                            method=self.name, on_snapshot=on_snapshot, progress=progress,
+                            execution=execution)
 
 
 def condense_dsa(train: LabeledImages, ipc: int, *, config: DSAMatchingConfig,
                  normalization: Normalization, seed: int, budget: Budget, method: str = "dsa",
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
     check_ipc(train, ipc)
     device = resolve_device(config.device)
     amp = resolve_precision(config.precision, device)
@@ -228,4 +230,5 @@ def condense_dsa(train: LabeledImages, ipc: int, *, config: DSAMatchingConfig,
         return loss, outer, True
 
     return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
-                        desc=f"condense {method} ipc={ipc}", progress=progress)
+                        desc=f"condense {method} ipc={ipc}", progress=progress,
+                        execution=execution)

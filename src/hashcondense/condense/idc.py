@@ -63,6 +63,7 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet, multi_formation_decode, multi_formation_init
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .driver import Execution
 from .gradient_matching import (
     DISTANCES,
     fresh_classifier,
@@ -188,7 +189,7 @@ class IDC:
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         factor = self.factor or default_factor(train.resolution)
         if factor > train.resolution // 4:
             raise ValueError(f"multi-formation factor {factor} is too large for "
@@ -196,13 +197,14 @@ class IDC:
         return condense_idc(train, ipc, factor=factor, config=self.matching,
                             normalization=normalization, seed=seed,
                             budget=budget or Budget(iterations=self.iterations),
-                            method=self.name, on_snapshot=on_snapshot, progress=progress)
+                            method=self.name, on_snapshot=on_snapshot, progress=progress,
+                            execution=execution)
 
 
 def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatchingConfig,
                  normalization: Normalization, seed: int, budget: Budget, method: str = "idc",
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
     f = factor
     check_ipc(train, ipc)
     try:
@@ -332,4 +334,5 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
         return loss, config.inner_loop, True
 
     return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
-                        desc=f"condense {method} ipc={ipc}", progress=progress)
+                        desc=f"condense {method} ipc={ipc}", progress=progress,
+                        execution=execution)
