@@ -80,12 +80,19 @@ def cmd_condense(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("network_aug", args.network_aug),
                                  ("dataset_aug", args.dataset_aug),
                                  ("factor", args.factor)) if v is not None}
-    record = api.condense_run(
-        dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
-        split_seed=args.split_seed, method=args.method, ipc=args.ipc, seed=args.seed,
-        out=Path(args.out), iterations=args.iterations, seconds=args.seconds, options=options,
-        compile=args.compile, progress=not args.quiet,
-    )
+    from .condense.driver import command_execution
+
+    with command_execution(Path(args.out), resume=args.resume,
+                           every=args.checkpoint_every) as execution:
+        record = api.condense_run(
+            dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
+            split_seed=args.split_seed, method=args.method, ipc=args.ipc, seed=args.seed,
+            out=Path(args.out), iterations=args.iterations, seconds=args.seconds,
+            options=options, compile=args.compile, progress=not args.quiet,
+            execution=execution,
+        )
+    if "synthetic" not in record:  # ranks other than 0 of a torchrun job write nothing
+        return 0
     print(f"condensed {args.dataset} to {args.ipc} images/class with {args.method} in "
           f"{record['condense_seconds']:.1f}s")
     print(f"  synthetic set: {record['synthetic']}\n  preview:       {record['preview']}\n"
@@ -192,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint-every", default=None, metavar="N|Ns|Nm|Nh",
+                   help="save a checkpoint in OUT/checkpoints every N iterations or every so "
+                   "much wall time (10m)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in OUT/checkpoints (if any)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_condense)
 
@@ -239,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import RankFailure  # torch-free module import: cheap
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
@@ -248,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"hashcondense {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RankFailure as e:  # a peer rank of a torchrun job died
+        print(f"hashcondense {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

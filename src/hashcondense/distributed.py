@@ -7,7 +7,8 @@ default ``World()`` is a single process and never touches ``torch.distributed``.
 ``cuda:LOCAL_RANK``) and gloo otherwise.
 
 Every collective here moves tensors only (no pickled objects). A collective that fails because
-another rank died raises :class:`RankFailure`, whose message says how to continue.
+another rank died raises :class:`RankFailure`, whose message says how to continue. torch is
+imported inside the functions, so the CLI can name :class:`RankFailure` without loading it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,9 @@ class World:
                              "(every rank needs at least one class)")
         return class_slice(num_classes, self.rank, self.size)
 
-    def _device(self, t: torch.Tensor) -> torch.device:
+    def _device(self) -> torch.device:
+        import torch
+
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" \
             else torch.device("cpu")
 
@@ -88,6 +93,8 @@ class World:
         same ``k`` and ``rest`` on every rank); returns ``(k·num_classes, *rest)`` on
         ``local``'s device. Blocks are padded to the largest rank's share for ``all_gather``.
         """
+        import torch
+
         if self.size == 1:
             return local
         owned = len(self.owned_classes(num_classes))
@@ -96,7 +103,7 @@ class World:
                              f"({owned} classes owned)")
         k = local.shape[0] // owned
         widest = -(-num_classes // self.size)
-        device = self._device(local)
+        device = self._device()
         padded = local.new_zeros((widest * k, *local.shape[1:]), device=device)
         padded[: local.shape[0]] = local.detach().to(device)
         parts = [torch.empty_like(padded) for _ in range(self.size)]
@@ -108,19 +115,23 @@ class World:
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag OR-ed over the ranks: a stop (time budget) or checkpoint decision taken
         on one rank's clock is taken by all, at the same iteration."""
+        import torch
+
         if self.size == 1:
             return tuple(bool(f) for f in flags)
         t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64,
-                         device=self._device(torch.empty(())))
+                         device=self._device())
         self._collective("a stop/checkpoint vote", lambda: torch.distributed.all_reduce(
             t, op=torch.distributed.ReduceOp.MAX))
         return tuple(bool(v) for v in t.cpu().tolist())
 
     def broadcast_int(self, values: Sequence[int]) -> list[int]:
         """Rank 0's ``values`` on every rank (e.g. the iteration a resumed job starts at)."""
+        import torch
+
         if self.size == 1:
             return list(values)
-        t = torch.tensor(list(values), dtype=torch.int64, device=self._device(torch.empty(())))
+        t = torch.tensor(list(values), dtype=torch.int64, device=self._device())
         self._collective("a broadcast", lambda: torch.distributed.broadcast(t, src=0))
         return [int(v) for v in t.cpu().tolist()]
 
@@ -128,6 +139,8 @@ class World:
 def world_from_environment(environ: dict[str, str] | None = None) -> World:
     """The world torchrun (or Slurm + torchrun) describes in ``WORLD_SIZE``/``RANK``; joins the
     process group when there is more than one process. Without those variables: one process."""
+    import torch
+
     env = os.environ if environ is None else environ
     size = int(env.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -147,6 +160,8 @@ def world_from_environment(environ: dict[str, str] | None = None) -> World:
 def session(environ: dict[str, str] | None = None) -> Iterator[World]:
     """The process's :class:`World` for the duration of a command; leaves the group at the end
     (a rank that raised leaves without waiting for the others)."""
+    import torch
+
     world = world_from_environment(environ)
     try:
         yield world

@@ -10,18 +10,19 @@ an OR over the ranks, so all ranks stop (or save) at the same iteration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..distributed import World
+from ..distributed import World, session
 from ..synthetic import SyntheticSet
 from . import checkpoint
 from .base import Budget, SnapshotCallback
@@ -65,6 +66,26 @@ class Execution:
 
     world: World = field(default_factory=World)
     checkpointing: Checkpointing | None = None
+
+
+DEFAULT_RESUME_EVERY_S = 600.0  # --resume without --checkpoint-every keeps saving this often
+
+
+@contextlib.contextmanager
+def command_execution(out: Path, *, resume: bool = False,
+                      every: str | None = None) -> Iterator[Execution]:
+    """The execution of one ``condense`` command: this process's rank (joining torchrun's
+    group), checkpoints in ``out/checkpoints`` when asked for; after a successful run rank 0
+    removes them (the final set supersedes them)."""
+    policy = None
+    if every is not None or resume:
+        iterations, seconds = parse_every(every) if every is not None else (
+            None, DEFAULT_RESUME_EVERY_S)
+        policy = Checkpointing(out / "checkpoints", iterations, seconds, resume)
+    with session() as world:
+        yield Execution(world, policy)
+        if policy is not None and world.is_main:
+            checkpoint.remove(policy.directory)
 
 
 # one iteration: (index, out_of_time) → (last loss, inner steps done, completed); DSA/IDC stop
