@@ -204,3 +204,124 @@ def test_gradient_matching_refuses_several_ranks_with_a_clear_message(digits):
             build_condenser(name).condense(train, 1, normalization=norm, seed=0,
                                            budget=Budget(iterations=1), progress=False,
                                            execution=Execution(world=world))
+
+
+# -- grids across workers, and the runner's checkpoints ---------------------------------------
+
+GRID = """
+name: tiny
+grid:
+  datasets: {cifar10: {ipcs: [10]}}
+  condensers: [random, iem]
+profiles:
+  smoke:
+    datasets: {digits: {ipcs: [1, 2], resolution: 8}}
+    condensers:
+      - random
+      - dm: {options: {matching: {batch_real: 8}}}
+      - iem: {options: {matching: {batch_real: 8}}}
+    bits: [16, 24]
+    budgets: {default: {iterations: 3}}
+    judge: {recipe: smoke}
+    precision: fp32
+    compile: "off"
+"""
+
+
+def grid(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(GRID)
+    return path
+
+
+def test_two_shard_workers_fill_one_store_once_and_share_the_sets(tmp_path):
+    from hashcondense.experiments import load_experiment, plan
+    from hashcondense.experiments.sharding import Shard
+    from hashcondense.records import read_jsonl
+
+    config, out, cache = grid(tmp_path), tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, "-m", "hashcondense", "bench", str(config), "--profile",
+               "smoke", "--quiet", "--no-report", "--out", str(out), "--cache-dir", str(cache)]
+    exp = load_experiment(config, "smoke")
+    shards = [{c.key for c, _ in plan(exp, out, cache_dir=cache, shard=Shard(i, 2))}
+              for i in range(2)]
+    shared = {c.condense_key for c, _ in plan(exp, out, cache_dir=cache)
+              if c.key in shards[0]} & {c.condense_key for c, _ in plan(exp, out, cache_dir=cache)
+                                        if c.key in shards[1]}
+    assert shards[0] and shards[1] and shared  # the grid makes both workers need one set
+    workers = [subprocess.Popen([*command, "--shard", f"{i}/2"], env=env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, stderr) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, stderr[-3000:]
+    everything = plan(exp, out, cache_dir=cache)
+    assert all(done for _, done in everything)
+    rows = read_jsonl(out / "results.jsonl")
+    per_cell: dict[str, set] = {}
+    for r in rows:
+        per_cell.setdefault(r["cell"], set()).add(r["run_id"])
+    assert set(per_cell) == {c.key for c, _ in everything}  # the union is the whole grid
+    assert all(len(ids) == 1 for ids in per_cell.values())  # each cell computed by one worker
+    metrics = [(r["cell"], r["metric"]) for r in rows]
+    assert len(metrics) == len(set(metrics))  # and stored once
+    ran = [int(stdout.split("ran ")[1].split()[0]) for stdout, _ in outputs]
+    assert ran == [len(shards[0]), len(shards[1])]
+    condensed = [int(stdout.split("condensed ")[1].split()[0]) for stdout, _ in outputs]
+    assert sum(condensed) == len({c.condense_key for c, _ in everything
+                                  if c.condenser.method != "random"}) + 2  # random: 2 ipcs
+    assert not list(cache.glob("*/checkpoints"))
+
+
+def test_the_runner_resumes_a_half_done_condensation(tmp_path, monkeypatch):
+    from hashcondense.experiments import load_experiment
+    from hashcondense.experiments.runner import ExperimentRunner
+    from hashcondense.records import read_jsonl
+
+    exp = load_experiment(grid(tmp_path), "smoke")
+    exp = type(exp)(**{**exp.__dict__, "condensers": exp.condensers[2:],
+                       "datasets": (type(exp.datasets[0])("digits", (2,), 8),)})
+    save = SyntheticSet.save
+
+    def crash_on_final(self, where):
+        if Path(where).name == "final":
+            raise KeyboardInterrupt  # as if killed after the last checkpoint
+        return save(self, where)
+
+    monkeypatch.setattr(SyntheticSet, "save", crash_on_final)
+    runner = ExperimentRunner(exp, tmp_path / "crashed", progress=False, checkpoint_every="1")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    [folder] = (tmp_path / "crashed" / "synthetic").glob("*/checkpoints")
+    assert ckpt.latest_iteration(folder) == 2
+    monkeypatch.setattr(SyntheticSet, "save", save)
+    again = ExperimentRunner(exp, tmp_path / "crashed", progress=False, checkpoint_every="1")
+    again.run()
+    final = SyntheticSet.load(folder.parent / "final.json")
+    assert final.metadata["resumed_from"]["iteration"] == 2 and not folder.exists()
+    clean = ExperimentRunner(exp, tmp_path / "clean", progress=False)
+    clean.run()
+    assert torch.equal(final.images,
+                       SyntheticSet.load(next((tmp_path / "clean" / "synthetic").glob(
+                           "*/final.json"))).images)
+    rows = read_jsonl(tmp_path / "crashed" / "results.jsonl")
+    assert {r["algorithm_version"] for r in rows} == {2}
+
+
+def test_a_new_loop_version_rekeys_dm_and_iem_only(tmp_path, monkeypatch):
+    from hashcondense.condense.iem import IEM
+    from hashcondense.experiments import load_experiment
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    exp = load_experiment(grid(tmp_path), "smoke")
+    runner = ExperimentRunner(exp, tmp_path / "out", progress=False)
+    ds = exp.datasets[0]
+
+    def keys() -> dict[str, str]:
+        return {c.label: runner.condense_key(0, ds, 1, c) for c in exp.condensers}
+
+    now = keys()
+    monkeypatch.setattr(IEM, "algorithm_version", 1)
+    before = keys()
+    assert before["iem"] != now["iem"]
+    assert before["random"] == now["random"] and before["dm"] == now["dm"]

@@ -126,6 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments import load_experiment, plan, run_experiment
     from .experiments.grid import cap_condense_seconds, restrict_datasets
+    from .experiments.sharding import parse_shard
 
     exp = load_experiment(args.experiment, args.profile)
     if args.datasets:
@@ -133,8 +134,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.max_condense_seconds is not None:
         exp = cap_condense_seconds(exp, args.max_condense_seconds)
     out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
+    shard = parse_shard(args.shard) if args.shard else None
     if args.dry_run:
-        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir)
+        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir,
+                     shard=shard)
         for cell, done in cells:
             print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
                   f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "
@@ -144,9 +147,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     summary = run_experiment(exp, out, data_root=args.data_root,
                              cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                             progress=not args.quiet)
+                             progress=not args.quiet, shard=shard)
     print(f"{exp.name}/{exp.profile}: ran {len(summary.ran)} cells, "
           f"{len(summary.skipped)} already done; results in {summary.results}")
+    if shard is not None:
+        print(f"shard {shard}: condensed {len(summary.condensed)} sets")
     if not args.no_report:
         from .experiments.report import write_report
 
@@ -238,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-condense-seconds", type=float, default=None,
                    help="stop every condensation after this many seconds (fits a grid into a "
                    "fixed slot; recorded in each cell's budget)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only worker I's share of the cells (by cell hash); N workers, "
+                   "e.g. a Slurm array, fill one --out and share one --cache-dir")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     p.add_argument("--no-report", action="store_true", help="skip writing the report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
