@@ -325,3 +325,17 @@ def test_a_new_loop_version_rekeys_dm_and_iem_only(tmp_path, monkeypatch):
     before = keys()
     assert before["iem"] != now["iem"]
     assert before["random"] == now["random"] and before["dm"] == now["dm"]
+
+
+def test_classes_per_pass_bound_memory_without_changing_the_result(digits):
+    """The synthetic side of a pass keeps its graph; passes of fewer classes give the same
+    tensors (each class's gradient comes from its own loss term)."""
+    train, norm = digits
+    runs = [iem(class_batch=width).condense(train, 2, budget=Budget(iterations=3),
+                                            normalization=norm, seed=5, progress=False)
+            for width in (None, 1, 3)]
+    assert runs[0].metadata["classes_per_pass"] == 10 and runs[1].metadata[
+        "classes_per_pass"] == 1
+    for other in runs[1:]:
+        assert torch.equal(other.images, runs[0].images)
+        assert other.metadata["final_loss"] == runs[0].metadata["final_loss"]

@@ -83,6 +83,9 @@ class MatchingConfig:
     device: str = "auto"
     compile: str = "off"  # "auto" pays off beyond ~20 iterations (two ~20 s compiles)
     real_chunk: int | None = None  # real images per forward; None: per device; 0: one batch
+    # classes per forward/backward pass (the synthetic side keeps its graph, so this bounds
+    # memory; results do not change); None: as many as keep a pass to SYN_PIXELS_PER_PASS
+    class_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -95,6 +98,22 @@ class MatchingConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.real_chunk is not None and self.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 or None, got {self.real_chunk}")
+        if self.class_batch is not None and self.class_batch < 1:
+            raise ValueError(f"class_batch must be >= 1 or None, got {self.class_batch}")
+
+
+SYN_PIXELS_PER_PASS = 512 * 32 * 32  # decoded synthetic pixels per pass (CIFAR ipc ≤ 10: all)
+
+
+def classes_per_pass(config: MatchingConfig, ipc: int, resolution: int) -> int:
+    """How many classes share one forward/backward pass: ``config.class_batch``, else as many
+    as keep the decoded synthetic images of a pass within ``SYN_PIXELS_PER_PASS`` (one class
+    at least). At ImageNet resolutions a pass holding 125 classes' graphs would need
+    hundreds of GB; one class at a time needs a few."""
+    if config.class_batch is not None:
+        return config.class_batch
+    per_class = ipc * config.factor**2 * resolution**2
+    return max(1, SYN_PIXELS_PER_PASS // per_class)
 
 
 NetworkHook = Callable[[nn.Module, torch.Generator], None]
@@ -191,29 +210,28 @@ def match_distributions(
     stored = torch.cat([initial_class_images(train, c, ipc, f, normalization, seed)
                         for c in owned]).to(device).requires_grad_(True)
     labels = torch.arange(num_classes).repeat_interleave(ipc)
-    syn_groups = decoded_labels(torch.arange(len(owned)).repeat_interleave(ipc), f).to(device)
-    real_groups = torch.arange(len(owned)).repeat_interleave(
-        torch.tensor([min(len(m), config.batch_real) for m in members])).to(device)
     optimizer = torch.optim.SGD([stored], lr=config.lr, momentum=config.momentum)
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
     rows = slice(owned.start * ipc, owned.stop * ipc)
+    width = classes_per_pass(config, ipc, res)
+    passes = [range(j, min(j + width, len(owned))) for j in range(0, len(owned), width)]
 
-    # -- one iteration ----------------------------------------------------------------------
-    def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
-        reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
-                     seed=seed * 1_000_003 + it)
-        if network_hook is not None:
-            network_hook(net, stream(seed, "network", it))
-        draws = [stream(seed, "class", c, it) for c in owned]
-        real_idx = torch.cat([m[torch.randperm(len(m), generator=g)[:config.batch_real]]
-                              for m, g in zip(local, draws, strict=True)])
+    def match_pass(group: range, draws: list[torch.Generator],
+                   families: DSAConfig | None) -> torch.Tensor:
+        """Forward and backward of the classes ``group`` (local indices); their losses."""
+        real_idx = torch.cat([local[j][torch.randperm(len(local[j]), generator=g)
+                                       [:config.batch_real]] for j, g in zip(group, draws,
+                                                                             strict=True)])
+        real_groups = torch.arange(len(group)).repeat_interleave(torch.tensor(
+            [min(len(local[j]), config.batch_real) for j in group])).to(device)
+        syn_groups = decoded_labels(torch.arange(len(group)).repeat_interleave(ipc),
+                                    f).to(device)
         x_real = normalization.normalize(own_images[real_idx.to(device)])
-        x_syn = multi_formation_decode(stored, f, res)
-        if config.dsa is not None:
-            families = iteration_dsa(config.dsa, stream(seed, "dsa", it))
+        x_syn = multi_formation_decode(stored[group.start * ipc:group.stop * ipc], f, res)
+        if families is not None:
             params = concat_params([
                 sample_dsa_params(families, 1, generator=g, siamese=False, height=res,
                                   width=res) for g in draws]).to(device)
@@ -221,15 +239,27 @@ def match_distributions(
             x_syn = apply_dsa(x_syn, params.take(syn_groups))
         with torch.no_grad(), autocast(device, amp):
             real_features = chunked_forward(embed, x_real, real_chunk, pad=embed.compiled)
-            real_means = class_means(real_features.float(), real_groups, len(owned))
+            real_means = class_means(real_features.float(), real_groups, len(group))
         with autocast(device, amp):
-            syn_means = class_means(embed(x_syn).float(), syn_groups, len(owned))
+            syn_means = class_means(embed(x_syn).float(), syn_groups, len(group))
         per_class = class_matching_losses(real_means, syn_means)
+        per_class.sum().backward()  # a class's gradient comes from its own term only
+        return per_class.detach()
+
+    # -- one iteration ----------------------------------------------------------------------
+    def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
+        reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
+                     seed=seed * 1_000_003 + it)
+        if network_hook is not None:
+            network_hook(net, stream(seed, "network", it))
+        families = None if config.dsa is None else iteration_dsa(config.dsa,
+                                                                 stream(seed, "dsa", it))
         optimizer.zero_grad(set_to_none=True)
-        per_class.sum().backward()
+        losses = [match_pass(group, [stream(seed, "class", owned[j], it) for j in group],
+                             families) for group in passes]
         optimizer.step()
         # the reported loss is summed in class order over all ranks: the same on any world
-        return world.gather_classes(per_class.detach(), num_classes).sum().item(), 1, True
+        return world.gather_classes(torch.cat(losses), num_classes).sum().item(), 1, True
 
     # -- what a snapshot / checkpoint holds ---------------------------------------------------
     def snapshot(iterations: int, steps: int, seconds: float) -> SyntheticSet:
@@ -243,6 +273,7 @@ def match_distributions(
                       "backbone": config.backbone, "precision": str(amp or "fp32"),
                       "compiled": embed.compiled,
                       "dsa": config.dsa.strategy if config.dsa else "none",
+                      "classes_per_pass": min(width, num_classes),
                       "algorithm_version": ALGORITHM_VERSION,
                       "streams_version": STREAMS_VERSION},
         )
