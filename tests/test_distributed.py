@@ -339,3 +339,42 @@ def test_classes_per_pass_bound_memory_without_changing_the_result(digits):
     for other in runs[1:]:
         assert torch.equal(other.images, runs[0].images)
         assert other.metadata["final_loss"] == runs[0].metadata["final_loss"]
+
+
+def test_a_dead_rank_ends_the_job_clearly_and_a_restart_resumes_on_any_world(tmp_path):
+    """Kill one of 2 ranks after a checkpoint: the job fails naming the way on; resuming with
+    1 process ends bit-identical to an uninterrupted single-process run (checkpoints hold
+    every class)."""
+    budget = ["--iterations", "40"]
+    clean = subprocess.Popen([sys.executable, *CONDENSE, *budget, "--out",
+                              str(tmp_path / "clean")], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    out = tmp_path / "job"
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                            "2", "--master_addr", "127.0.0.1", "--master_port",
+                            str(free_port()), *CONDENSE, *budget, "--checkpoint-every", "5",
+                            "--out", str(out)], env=env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and job.poll() is None:
+            if list((out / "checkpoints").glob("ckpt-*.json")):
+                break
+            time.sleep(0.01)
+        ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True,
+                               text=True).stdout.split()
+        assert job.poll() is None and len(ranks) == 2, "the job ended before a rank was killed"
+        os.kill(int(max(ranks, key=int)), signal.SIGKILL)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0 and "restart the job with --resume" in stderr
+    assert not (out / "synthetic.json").exists()
+    subprocess.run([sys.executable, *CONDENSE, *budget, "--checkpoint-every", "5", "--resume",
+                    "--out", str(out)], env=env(), check=True, timeout=300, capture_output=True)
+    assert clean.wait(timeout=300) == 0, clean.stderr.read().decode()[-2000:]
+    a = SyntheticSet.load(tmp_path / "clean" / "synthetic.json")
+    b = SyntheticSet.load(out / "synthetic.json")
+    assert b.metadata["resumed_from"]["iteration"] >= 5
+    assert torch.equal(a.images, b.images)

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -80,6 +81,8 @@ class World:
     def _collective(self, what: str, fn) -> None:
         try:
             fn()
+        except RankFailure:
+            raise
         except RuntimeError as err:  # gloo/NCCL report a dead peer as a RuntimeError subclass
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise RankFailure(
@@ -163,8 +166,18 @@ def session(environ: dict[str, str] | None = None) -> Iterator[World]:
     import torch
 
     world = world_from_environment(environ)
+    previous = None
+    if world.size > 1:
+        def stopped(signum: int, frame: object) -> None:
+            raise RankFailure(f"rank {world.rank}/{world.size}: stopped by the launcher "
+                              "(SIGTERM), most likely because another rank failed; restart "
+                              "the job with --resume to continue from the last checkpoint")
+
+        previous = signal.signal(signal.SIGTERM, stopped)  # torchrun stops the survivors so
     try:
         yield world
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if world.size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
