@@ -87,19 +87,36 @@ def iem(**matching):
 
 # -- resumable condensation -------------------------------------------------------------------
 
-def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path):
+def dsa():
+    return build_condenser("dsa", matching={"outer_loop": 2, "inner_loop": 1,
+                                            "batch_real": 8, "batch_train": 8,
+                                            "compile": "off", "precision": "fp32"})
+
+
+def idc():  # the network lives 3 iterations: a checkpoint at 4 falls inside its life
+    return build_condenser("idc", matching={"inner_loop": 2, "batch_real": 8, "n_data": 16,
+                                            "reinit_every": 3, "compile": "off",
+                                            "precision": "fp32"})
+
+
+@pytest.mark.parametrize("make,state", [
+    (iem, {"momentum_buffer"}), (dsa, {"momentum_buffer", "generator_state"}),
+    (idc, {"momentum_buffer", "generator_state", "stored", "net.fc.weight"})])
+def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, make,
+                                                                 state):
     train, norm = digits
     kwargs = dict(normalization=norm, seed=3, progress=False)
-    whole = iem().condense(train, 2, budget=Budget(iterations=6), **kwargs)
+    whole = make().condense(train, 2, budget=Budget(iterations=6), **kwargs)
     first = Execution(checkpointing=Checkpointing(tmp_path, every_iterations=2))
-    iem().condense(train, 2, budget=Budget(iterations=5), execution=first, **kwargs)
+    make().condense(train, 2, budget=Budget(iterations=5), execution=first, **kwargs)
     saved = ckpt.latest(tmp_path)
     assert saved is not None and saved.position.iteration == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # older generations removed
         "ckpt-00000004-state.safetensors", "ckpt-00000004.json", "ckpt-00000004.safetensors"]
-    assert set(saved.state) == {"momentum_buffer"}
+    assert state <= set(saved.state)
     again = Execution(checkpointing=Checkpointing(tmp_path, every_iterations=2, resume=True))
-    resumed = iem().condense(train, 2, budget=Budget(iterations=6), execution=again, **kwargs)
+    resumed = make().condense(train, 2, budget=Budget(iterations=6), execution=again,
+                              **kwargs)
     assert resumed.metadata["resumed_from"]["iteration"] == 4
     assert torch.equal(resumed.images, whole.images)
     assert resumed.metadata["final_loss"] == whole.metadata["final_loss"]

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..synthetic import SyntheticSet
 from .base import Budget, SnapshotCallback
-from .driver import Execution, Snapshot, Step, drive
+from .driver import Execution, Resumable, Snapshot, Step, drive
 from .matching import fresh_network
 
 log = logging.getLogger(__name__)
@@ -181,19 +181,21 @@ def sample_without_replacement(members: torch.Tensor, n: int,
 
 def run_budgeted(budget: Budget, iteration: Step, *, snapshot: Snapshot,
                  on_snapshot: SnapshotCallback | None, desc: str, progress: bool,
-                 execution: Execution | None = None) -> SyntheticSet:
+                 execution: Execution | None = None,
+                 resumable: Resumable | None = None) -> SyntheticSet:
     """Run ``iteration`` until ``budget`` is spent, through the loop DM/IEM share
     (:func:`driver.drive`); DSA/IDC iterations last minutes on a CPU, so ``out_of_time`` is
     also checked between their steps and a run may end mid-iteration. Their networks train on
-    every class, so they run in one process only, and do not checkpoint yet."""
+    every class, so they run in one process only; ``resumable`` gives their state at an
+    iteration boundary to checkpoints."""
     execution = execution or Execution()
     if execution.world.size > 1:
         name = desc.split()[1] if len(desc.split()) > 1 else desc
         raise ValueError(f"{name} does not support world size > 1 yet (its network trains on "
                          "all classes; run it with one process)")
-    if execution.checkpointing is not None:
-        log.warning("%s: checkpoints are not implemented for gradient matching; a killed run "
-                    "starts again", desc)
+    if execution.checkpointing is not None and resumable is None:
+        log.info("%s: checkpoints are not implemented for this method; a killed run starts "
+                 "again", desc)
         execution = replace(execution, checkpointing=None)
     return drive(budget, iteration, snapshot=snapshot, desc=desc, execution=execution,
-                 on_snapshot=on_snapshot, progress=progress)
+                 resumable=resumable, on_snapshot=on_snapshot, progress=progress)

@@ -63,7 +63,7 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet, multi_formation_decode, multi_formation_init
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
-from .driver import Execution
+from .driver import Execution, Resumable
 from .gradient_matching import (
     DISTANCES,
     fresh_classifier,
@@ -316,9 +316,7 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
             reinitialise_classifier(net, config.backbone, in_channels=channels,
                                     resolution=res, num_classes=num_classes,
                                     seed=seed * 1_000_003 + it)
-            net_opt = torch.optim.SGD(net.parameters(), lr=config.net_lr,
-                                      momentum=config.net_momentum,
-                                      weight_decay=config.net_weight_decay)
+            net_opt = new_net_opt()
             for _ in range(early):
                 train_on_real(torch.randperm(n_real, generator=generator), net_opt)
         with torch.no_grad():
@@ -333,6 +331,40 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
                 return loss, k + 1, False
         return loss, config.inner_loop, True
 
+    def new_net_opt() -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=config.net_lr, momentum=config.net_momentum,
+                               weight_decay=config.net_weight_decay)
+
+    def save_state() -> dict[str, torch.Tensor]:
+        """Pixels as stored (the set holds them normalised), their momentum, the generator,
+        and the network with its optimiser: it lives for ``reinit_every`` iterations."""
+        state = {"stored": stored.detach(), "generator_state": generator.get_state()}
+        buffer = image_opt.state.get(stored, {}).get("momentum_buffer")
+        if buffer is not None:
+            state["momentum_buffer"] = buffer
+        if net_opt is not None:
+            state.update({f"net.{k}": v for k, v in net.state_dict().items()})
+            for i, p in enumerate(net.parameters()):
+                b = net_opt.state.get(p, {}).get("momentum_buffer")
+                if b is not None:
+                    state[f"net_momentum.{i}"] = b
+        return state
+
+    def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        nonlocal net_opt
+        with torch.no_grad():
+            stored.copy_(state["stored"].to(device))
+        generator.set_state(state["generator_state"])
+        if "momentum_buffer" in state:
+            image_opt.state[stored]["momentum_buffer"] = state["momentum_buffer"].to(device)
+        weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        if weights:
+            net.load_state_dict(weights)
+            net_opt = new_net_opt()
+            for i, p in enumerate(net.parameters()):
+                if f"net_momentum.{i}" in state:
+                    net_opt.state[p]["momentum_buffer"] = state[f"net_momentum.{i}"].to(device)
+
     return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
                         desc=f"condense {method} ipc={ipc}", progress=progress,
-                        execution=execution)
+                        execution=execution, resumable=Resumable(save_state, restore))
