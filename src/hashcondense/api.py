@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .condense import Budget, build_condenser, check_ipc, with_runtime
+from .condense import Budget, Execution, build_condenser, check_ipc, with_runtime
 from .condense.random import sample_per_class
 from .data import ProtocolSpec, RetrievalSplit, make_split, resolve_protocol
 from .evaluation import JudgeConfig, evaluate_model, judge
@@ -181,11 +181,14 @@ def condense_run(
     progress: bool = True,
     split_options: dict[str, Any] | None = None,
     skip_bad_images: bool = False,
+    execution: Execution | None = None,
 ) -> dict[str, Any]:
     """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
     the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``.
 
-    ``compile`` reaches condensers that run networks through the shared matching loop."""
+    ``compile`` reaches condensers that run networks through the shared matching loop;
+    ``execution`` says which ranks share the work and where checkpoints go (rank 0 writes
+    the outputs; other ranks return ``{"rank": r}``)."""
     condenser = build_condenser(method, **(options or {}))  # bad name/options fail before work
     condenser = with_runtime(condenser, compile=compile)
     if ipc < 1:
@@ -198,8 +201,11 @@ def condense_run(
     norm = Normalization.from_images(split.train.images)
     start = time.perf_counter()
     syn = condenser.condense(split.train, ipc, normalization=norm, seed=seed, budget=budget,
-                             progress=progress)
+                             progress=progress, execution=execution)
     seconds_taken = time.perf_counter() - start
+    world = (execution or Execution()).world
+    if not world.is_main:
+        return {"rank": world.rank}
     fields = _dataset_fields(spec)
     syn.metadata.update(dataset=fields["dataset"], protocol_fingerprint=split.fingerprint(),
                         split_seed=split_seed, wall_seconds=seconds_taken)
@@ -211,6 +217,7 @@ def condense_run(
               "condense_seconds": seconds_taken, "synthetic": str(syn_path),
               "preview": str(preview), "protocol": split.describe(),
               "condenser": repr(condenser), "metadata": syn.metadata,
+              "world": {"size": world.size, "backend": world.backend},
               "versions": versions(), "machine": machine_info()}
     write_json(out / "condense.json", record)
     return record

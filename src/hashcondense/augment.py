@@ -14,6 +14,7 @@ explicit ``torch.Generator`` so runs are reproducible without touching global RN
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,25 @@ class DSAParams:
         if self.siamese:
             raise ValueError("take() needs non-siamese parameters (one row per group)")
         return self._map(lambda t: t.index_select(0, index.to(t.device)), int(index.numel()))
+
+
+def concat_params(parts: Sequence[DSAParams]) -> DSAParams:
+    """Non-siamese draws of the same families stacked along the batch: per-class draws made
+    from per-class generators become one ``n = C`` draw for a batch that holds every class."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    first = parts[0]
+    for p in parts:
+        if p.siamese or p.families != first.families or p.cutout_size != first.cutout_size \
+                or (p.height, p.width) != (first.height, first.width):
+            raise ValueError("only non-siamese draws of the same families and size concatenate")
+    kw = {}
+    for name in DSAParams._TENSORS:
+        tensors = [getattr(p, name) for p in parts]
+        kw[name] = None if tensors[0] is None else torch.cat(tensors)
+    return DSAParams(families=first.families, n=sum(p.n for p in parts), siamese=False,
+                     height=first.height, width=first.width, cutout_size=first.cutout_size,
+                     **kw)
 
 
 def _rand(n: int, gen: torch.Generator, *shape: int) -> torch.Tensor:

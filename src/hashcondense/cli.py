@@ -122,11 +122,18 @@ def cmd_condense(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("network_aug", args.network_aug),
                                  ("dataset_aug", args.dataset_aug),
                                  ("factor", args.factor)) if v is not None}
-    record = api.condense_run(
-        **_data_kwargs(args), method=args.method, ipc=args.ipc, seed=args.seed,
-        out=Path(args.out), iterations=args.iterations, seconds=args.seconds, options=options,
-        compile=args.compile, progress=not args.quiet,
-    )
+    from .condense.driver import command_execution
+
+    with command_execution(Path(args.out), resume=args.resume,
+                           every=args.checkpoint_every) as execution:
+        record = api.condense_run(
+            **_data_kwargs(args), method=args.method, ipc=args.ipc, seed=args.seed,
+            out=Path(args.out), iterations=args.iterations, seconds=args.seconds,
+            options=options, compile=args.compile, progress=not args.quiet,
+            execution=execution,
+        )
+    if "synthetic" not in record:  # ranks other than 0 of a torchrun job write nothing
+        return 0
     print(f"condensed {record['dataset']} to {args.ipc} images/class with {args.method} in "
           f"{record['condense_seconds']:.1f}s")
     print(f"  synthetic set: {record['synthetic']}\n  preview:       {record['preview']}\n"
@@ -163,6 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments import load_experiment, plan, run_experiment
     from .experiments.grid import cap_condense_seconds, restrict_datasets
+    from .experiments.sharding import parse_shard
 
     exp = load_experiment(args.experiment, args.profile)
     if args.datasets:
@@ -170,8 +178,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.max_condense_seconds is not None:
         exp = cap_condense_seconds(exp, args.max_condense_seconds)
     out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
+    shard = parse_shard(args.shard) if args.shard else None
     if args.dry_run:
-        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir)
+        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir,
+                     shard=shard)
         for cell, done in cells:
             print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
                   f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "
@@ -181,9 +191,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     summary = run_experiment(exp, out, data_root=args.data_root,
                              cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                             progress=not args.quiet)
+                             progress=not args.quiet, shard=shard)
     print(f"{exp.name}/{exp.profile}: ran {len(summary.ran)} cells, "
           f"{len(summary.skipped)} already done; results in {summary.results}")
+    if shard is not None:
+        print(f"shard {shard}: condensed {len(summary.condensed)} sets")
     if not args.no_report:
         from .experiments.report import write_report
 
@@ -236,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint-every", default=None, metavar="N|Ns|Nm|Nh",
+                   help="save a checkpoint in OUT/checkpoints every N iterations or every so "
+                   "much wall time (10m)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in OUT/checkpoints (if any)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_condense)
 
@@ -272,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-condense-seconds", type=float, default=None,
                    help="stop every condensation after this many seconds (fits a grid into a "
                    "fixed slot; recorded in each cell's budget)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only worker I's share of the cells (by cell hash); N workers, "
+                   "e.g. a Slurm array, fill one --out and share one --cache-dir")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     p.add_argument("--no-report", action="store_true", help="skip writing the report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -286,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import RankFailure  # torch-free module import: cheap
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
@@ -295,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"hashcondense {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RankFailure as e:  # a peer rank of a torchrun job died
+        print(f"hashcondense {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

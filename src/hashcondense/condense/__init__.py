@@ -2,7 +2,9 @@
 
 from . import dm, dsa, herding, idc, iem, random  # noqa: F401  (register the methods)
 from .base import CONDENSERS, Budget, Condenser, build_condenser, check_ipc, with_runtime
+from .driver import Checkpointing, Execution
 
 __all__ = [
-    "CONDENSERS", "Budget", "Condenser", "build_condenser", "check_ipc", "with_runtime",
+    "CONDENSERS", "Budget", "Checkpointing", "Condenser", "Execution", "build_condenser",
+    "check_ipc", "with_runtime",
 ]

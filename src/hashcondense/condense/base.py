@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..registry import Registry
 from ..synthetic import SyntheticSet
+
+if TYPE_CHECKING:
+    from .driver import Execution
 
 SnapshotCallback = Callable[[int, float, SyntheticSet], None]  # (iteration, seconds, set)
 
@@ -52,6 +55,7 @@ class Condenser(Protocol):
         budget: Budget | None = None,
         on_snapshot: SnapshotCallback | None = None,
         progress: bool = True,
+        execution: Execution | None = None,  # ranks and checkpoints; never changes the result
     ) -> SyntheticSet: ...
 
 

@@ -8,12 +8,14 @@ Real-image initialisation; each iteration a freshly initialised ConvNet-3 embeds
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, SnapshotCallback
-from .matching import MatchingConfig, match_distributions
+from .driver import Execution
+from .matching import ALGORITHM_VERSION, MatchingConfig, match_distributions
 
 DM_ITERATIONS = 20_000  # the reference budget; pass a smaller Budget on a CPU
 
@@ -24,13 +26,15 @@ class DM:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     iterations: int = DM_ITERATIONS
     name: str = "dm"
+    # not a field: the loop's version enters cache keys without changing the options
+    algorithm_version: ClassVar[int] = ALGORITHM_VERSION
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         return match_distributions(
             train, ipc, method=self.name, config=self.matching, normalization=normalization,
             seed=seed, budget=budget or Budget(iterations=self.iterations),
-            on_snapshot=on_snapshot, progress=progress,
+            on_snapshot=on_snapshot, progress=progress, execution=execution,
         )

@@ -44,6 +44,7 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .driver import Execution, Resumable
 from .gradient_matching import (
     DISTANCES,
     fresh_classifier,
@@ -119,16 +120,17 @@ class DSA:
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         return condense_dsa(train, ipc, config=self.matching, normalization=normalization,
                             seed=seed, budget=budget or Budget(iterations=self.iterations),
-                            method=self.name, on_snapshot=on_snapshot, progress=progress)
+                            method=self.name, on_snapshot=on_snapshot, progress=progress,
+                            execution=execution)
 
 
 def condense_dsa(train: LabeledImages, ipc: int, *, config: DSAMatchingConfig,
                  normalization: Normalization, seed: int, budget: Budget, method: str = "dsa",
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
     check_ipc(train, ipc)
     device = resolve_device(config.device)
     amp = resolve_precision(config.precision, device)
@@ -227,5 +229,22 @@ def condense_dsa(train: LabeledImages, ipc: int, *, config: DSAMatchingConfig,
                 train_network(net_opt)
         return loss, outer, True
 
+    def save_state() -> dict[str, torch.Tensor]:
+        """The network is re-initialised every iteration: images, momentum and the one
+        generator are the whole state at an iteration boundary."""
+        state = {"generator_state": generator.get_state()}
+        buffer = image_opt.state.get(stored, {}).get("momentum_buffer")
+        if buffer is not None:
+            state["momentum_buffer"] = buffer
+        return state
+
+    def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            stored.copy_(images.to(device))
+        generator.set_state(state["generator_state"])
+        if "momentum_buffer" in state:
+            image_opt.state[stored]["momentum_buffer"] = state["momentum_buffer"].to(device)
+
     return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
-                        desc=f"condense {method} ipc={ipc}", progress=progress)
+                        desc=f"condense {method} ipc={ipc}", progress=progress,
+                        execution=execution, resumable=Resumable(save_state, restore))

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..synthetic import SyntheticSet
 from .base import Budget, SnapshotCallback
+from .driver import Execution, Resumable, Snapshot, Step, drive
 from .matching import fresh_network
 
 log = logging.getLogger(__name__)
@@ -179,41 +179,23 @@ def sample_without_replacement(members: torch.Tensor, n: int,
     return members[torch.randperm(len(members), generator=generator)[:n]]
 
 
-# one iteration: (index, out_of_time) → (last loss, steps done, completed); it stops early and
-# reports completed=False when out_of_time() turns true between its steps
-Iteration = Callable[[int, Callable[[], bool]], tuple[float, int, bool]]
-
-
-def run_budgeted(budget: Budget, iteration: Iteration, *, snapshot: Callable[[int, int, float],
-                 SyntheticSet], on_snapshot: SnapshotCallback | None, desc: str,
-                 progress: bool) -> SyntheticSet:
-    """Run ``iteration`` until ``budget`` is spent; DSA/IDC iterations last minutes on a CPU, so
-    the wall clock is also checked between their steps and a run may end mid-iteration.
-    ``snapshot(iterations, steps, seconds)`` builds the set delivered at ``budget.snapshots``
-    and returned at the end (with ``final_loss``)."""
-    total = budget.iterations if budget.iterations is not None else math.inf
-    bar = tqdm(total=None if math.isinf(total) else total, desc=desc,
-               disable=None if progress else True, leave=False)
-    start, it, steps, loss = time.perf_counter(), 0, 0, float("nan")
-
-    def out_of_time() -> bool:
-        return budget.exhausted(it, time.perf_counter() - start)
-
-    while not out_of_time():
-        loss, done, completed = iteration(it, out_of_time)
-        steps += done
-        if not completed:
-            break
-        it += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if on_snapshot is not None and it in budget.snapshots:
-            elapsed = time.perf_counter() - start
-            on_snapshot(it, elapsed, snapshot(it, steps, elapsed))
-    bar.close()
-    seconds = time.perf_counter() - start
-    log.info("%s: %d iterations (%d steps) in %.1fs, final loss %.4f", desc, it, steps, seconds,
-             loss)
-    result = snapshot(it, steps, seconds)
-    result.metadata["final_loss"] = loss
-    return result
+def run_budgeted(budget: Budget, iteration: Step, *, snapshot: Snapshot,
+                 on_snapshot: SnapshotCallback | None, desc: str, progress: bool,
+                 execution: Execution | None = None,
+                 resumable: Resumable | None = None) -> SyntheticSet:
+    """Run ``iteration`` until ``budget`` is spent, through the loop DM/IEM share
+    (:func:`driver.drive`); DSA/IDC iterations last minutes on a CPU, so ``out_of_time`` is
+    also checked between their steps and a run may end mid-iteration. Their networks train on
+    every class, so they run in one process only; ``resumable`` gives their state at an
+    iteration boundary to checkpoints."""
+    execution = execution or Execution()
+    if execution.world.size > 1:
+        name = desc.split()[1] if len(desc.split()) > 1 else desc
+        raise ValueError(f"{name} does not support world size > 1 yet (its network trains on "
+                         "all classes; run it with one process)")
+    if execution.checkpointing is not None and resumable is None:
+        log.info("%s: checkpoints are not implemented for this method; a killed run starts "
+                 "again", desc)
+        execution = replace(execution, checkpointing=None)
+    return drive(budget, iteration, snapshot=snapshot, desc=desc, execution=execution,
+                 resumable=resumable, on_snapshot=on_snapshot, progress=progress)

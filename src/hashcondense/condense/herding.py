@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ..data import LabeledImages
@@ -21,6 +20,7 @@ from ..hashing.trainer import TrainConfig, train_hashing_network
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .driver import Execution
 from .random import coreset
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,26 @@ class HerdingCondenser:
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
+        """Under several ranks every rank trains the same (seeded) feature network, then embeds
+        and herds only its own classes; the selections are gathered in class order."""
+        world = (execution or Execution()).world
         check_ipc(train, ipc)
         start = time.perf_counter()
         images = normalization.normalize(train.images)
         trained = train_hashing_network(
             images, train.labels, method=build_hash_method("dhd"), bits=self.feature_bits,
             num_classes=len(train.classes), backbone=self.backbone,
-            config=self.feature_train, seed=seed, progress=progress,
+            config=self.feature_train, seed=seed, progress=progress and world.is_main,
         )
-        features = embed_all(trained.model.backbone, images)
-        index = []
-        for c in range(len(train.classes)):
+        chosen = []
+        for c in world.owned_classes(len(train.classes)):
             members = torch.nonzero(train.labels == c).flatten()
-            index += members[herding_select(features[members], ipc)].tolist()
+            features = embed_all(trained.model.backbone, images[members])
+            chosen.append(members[herding_select(features, ipc)])
+        index = world.gather_classes(torch.cat(chosen), len(train.classes))
         log.info("herding: feature network %.0fs, selection done", trained.seconds)
-        return coreset(train, np.asarray(index), normalization, {
+        return coreset(train, index.numpy(), normalization, {
             "method": self.name, "ipc": ipc, "seed": seed,
             "feature_epochs": self.feature_train.epochs, "feature_bits": self.feature_bits,
             "seconds": time.perf_counter() - start,

@@ -63,6 +63,7 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet, multi_formation_decode, multi_formation_init
 from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .driver import Execution, Resumable
 from .gradient_matching import (
     DISTANCES,
     fresh_classifier,
@@ -188,7 +189,7 @@ class IDC:
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         factor = self.factor or default_factor(train.resolution)
         if factor > train.resolution // 4:
             raise ValueError(f"multi-formation factor {factor} is too large for "
@@ -196,13 +197,14 @@ class IDC:
         return condense_idc(train, ipc, factor=factor, config=self.matching,
                             normalization=normalization, seed=seed,
                             budget=budget or Budget(iterations=self.iterations),
-                            method=self.name, on_snapshot=on_snapshot, progress=progress)
+                            method=self.name, on_snapshot=on_snapshot, progress=progress,
+                            execution=execution)
 
 
 def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatchingConfig,
                  normalization: Normalization, seed: int, budget: Budget, method: str = "idc",
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
     f = factor
     check_ipc(train, ipc)
     try:
@@ -314,9 +316,7 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
             reinitialise_classifier(net, config.backbone, in_channels=channels,
                                     resolution=res, num_classes=num_classes,
                                     seed=seed * 1_000_003 + it)
-            net_opt = torch.optim.SGD(net.parameters(), lr=config.net_lr,
-                                      momentum=config.net_momentum,
-                                      weight_decay=config.net_weight_decay)
+            net_opt = new_net_opt()
             for _ in range(early):
                 train_on_real(torch.randperm(n_real, generator=generator), net_opt)
         with torch.no_grad():
@@ -331,5 +331,40 @@ def condense_idc(train: LabeledImages, ipc: int, *, factor: int, config: IDCMatc
                 return loss, k + 1, False
         return loss, config.inner_loop, True
 
+    def new_net_opt() -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=config.net_lr, momentum=config.net_momentum,
+                               weight_decay=config.net_weight_decay)
+
+    def save_state() -> dict[str, torch.Tensor]:
+        """Pixels as stored (the set holds them normalised), their momentum, the generator,
+        and the network with its optimiser: it lives for ``reinit_every`` iterations."""
+        state = {"stored": stored.detach(), "generator_state": generator.get_state()}
+        buffer = image_opt.state.get(stored, {}).get("momentum_buffer")
+        if buffer is not None:
+            state["momentum_buffer"] = buffer
+        if net_opt is not None:
+            state.update({f"net.{k}": v for k, v in net.state_dict().items()})
+            for i, p in enumerate(net.parameters()):
+                b = net_opt.state.get(p, {}).get("momentum_buffer")
+                if b is not None:
+                    state[f"net_momentum.{i}"] = b
+        return state
+
+    def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        nonlocal net_opt
+        with torch.no_grad():
+            stored.copy_(state["stored"].to(device))
+        generator.set_state(state["generator_state"])
+        if "momentum_buffer" in state:
+            image_opt.state[stored]["momentum_buffer"] = state["momentum_buffer"].to(device)
+        weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        if weights:
+            net.load_state_dict(weights)
+            net_opt = new_net_opt()
+            for i, p in enumerate(net.parameters()):
+                if f"net_momentum.{i}" in state:
+                    net_opt.state[p]["momentum_buffer"] = state[f"net_momentum.{i}"].to(device)
+
     return run_budgeted(budget, iteration, snapshot=snapshot, on_snapshot=on_snapshot,
-                        desc=f"condense {method} ipc={ipc}", progress=progress)
+                        desc=f"condense {method} ipc={ipc}", progress=progress,
+                        execution=execution, resumable=Resumable(save_state, restore))

@@ -13,6 +13,7 @@ Distribution matching in the backbone's feature-embedding space (Eq. 7) plus
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ from ..data import LabeledImages
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, SnapshotCallback
-from .matching import MatchingConfig, match_distributions
+from .driver import Execution
+from .matching import ALGORITHM_VERSION, MatchingConfig, match_distributions
 
 PERTURB_MODES = ("filter", "layer")
 
@@ -85,11 +87,13 @@ class IEM:
     factor: int | None = None  # None: default_factor(resolution)
     iterations: int = 200
     name: str = "iem"
+    # not a field: the loop's version enters cache keys without changing the options
+    algorithm_version: ClassVar[int] = ALGORITHM_VERSION
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
                  on_snapshot: SnapshotCallback | None = None,
-                 progress: bool = True) -> SyntheticSet:
+                 progress: bool = True, execution: Execution | None = None) -> SyntheticSet:
         factor = 1
         if self.dataset_aug:
             factor = self.factor or default_factor(train.resolution)
@@ -103,5 +107,5 @@ class IEM:
             budget=budget or Budget(iterations=self.iterations), network_hook=hook,
             metadata={"network_aug": self.network_aug, "dataset_aug": self.dataset_aug,
                       "perturb": vars(self.perturb) if self.network_aug else None},
-            on_snapshot=on_snapshot, progress=progress,
+            on_snapshot=on_snapshot, progress=progress, execution=execution,
         )

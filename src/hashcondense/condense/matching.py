@@ -1,27 +1,31 @@
 """Distribution matching in the feature-embedding space (DM, Zhao & Bilen 2023; IEM Eq. 7) and
 the loop that DM and IEM share.
 
-All classes go through one forward pass: instance norm has no cross-sample statistics, so a
-batch holding every class gives each image the features it would get alone. The siamese DSA
-draw is per class (one draw per class shared by its real and synthetic images), expanded to
-per-sample parameters with ``DSAParams.take``. Two documented differences from the DM reference:
-in DSA mode "S" one augmentation family is drawn per iteration for all classes (the reference
-draws one per class); real batches are drawn per class without replacement.
+All classes of a rank go through one forward pass: instance norm has no cross-sample
+statistics, so a batch holding several classes gives each image the features it would get
+alone. The siamese DSA draw is per class (one draw per class shared by its real and synthetic
+images), expanded to per-sample parameters with ``DSAParams.take``.
+
+Random streams (``streams.py``): the network of iteration t and its weight perturbation come
+from (seed, t); the augmentation family of mode "S" from (seed, t) as well (one family per
+iteration for all classes; the DM reference draws one per class); each class's initial images
+from (seed, class) and its real batch (drawn without replacement) and DSA parameters from
+(seed, class, t). A rank that owns any subset of the classes therefore computes what one
+process computes for them. Version 2 of the loop (``ALGORITHM_VERSION``); version 1 drew
+everything from one generator in class order, so its numbers differ.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..augment import DSAConfig, apply_dsa, sample_dsa_params
+from ..augment import DSAConfig, apply_dsa, concat_params, sample_dsa_params
 from ..data import LabeledImages
 from ..models import build_backbone
 from ..normalization import Normalization
@@ -37,8 +41,12 @@ from ..runtime import (
 )
 from ..synthetic import SyntheticSet, decoded_labels, multi_formation_decode, multi_formation_init
 from .base import Budget, SnapshotCallback, check_ipc
+from .driver import Execution, Resumable, drive
+from .streams import STREAMS_VERSION, stream
 
 log = logging.getLogger(__name__)
+
+ALGORITHM_VERSION = 2  # part of DM/IEM's identity in result caches (see the docstring)
 
 
 def class_means(features: torch.Tensor, groups: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,10 +57,16 @@ def class_means(features: torch.Tensor, groups: torch.Tensor, num_classes: int) 
     return sums / counts[:, None]
 
 
+def class_matching_losses(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
+    """‖mean f(real_c) − mean f(syn_c)‖² per class, (C,): the terms of Eq. 7, kept apart so
+    that ranks owning different classes can add them up in class order."""
+    return ((real_means.detach().float() - syn_means.float()) ** 2).sum(1)
+
+
 def distribution_matching_loss(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
     """Σ_c ‖mean f(real_c) − mean f(syn_c)‖² (IEM Eq. 7): the linear-kernel MMD summed over
     classes. real_means, syn_means: (C, D); the real side carries no gradient."""
-    return ((real_means.detach().float() - syn_means.float()) ** 2).sum()
+    return class_matching_losses(real_means, syn_means).sum()
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,9 @@ class MatchingConfig:
     device: str = "auto"
     compile: str = "off"  # "auto" pays off beyond ~20 iterations (two ~20 s compiles)
     real_chunk: int | None = None  # real images per forward; None: per device; 0: one batch
+    # classes per forward/backward pass (the synthetic side keeps its graph, so this bounds
+    # memory; results do not change); None: as many as keep a pass to SYN_PIXELS_PER_PASS
+    class_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -81,6 +98,22 @@ class MatchingConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.real_chunk is not None and self.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 or None, got {self.real_chunk}")
+        if self.class_batch is not None and self.class_batch < 1:
+            raise ValueError(f"class_batch must be >= 1 or None, got {self.class_batch}")
+
+
+SYN_PIXELS_PER_PASS = 512 * 32 * 32  # decoded synthetic pixels per pass (CIFAR ipc ≤ 10: all)
+
+
+def classes_per_pass(config: MatchingConfig, ipc: int, resolution: int) -> int:
+    """How many classes share one forward/backward pass: ``config.class_batch``, else as many
+    as keep the decoded synthetic images of a pass within ``SYN_PIXELS_PER_PASS`` (one class
+    at least). At ImageNet resolutions a pass holding 125 classes' graphs would need
+    hundreds of GB; one class at a time needs a few."""
+    if config.class_batch is not None:
+        return config.class_batch
+    per_class = ipc * config.factor**2 * resolution**2
+    return max(1, SYN_PIXELS_PER_PASS // per_class)
 
 
 NetworkHook = Callable[[nn.Module, torch.Generator], None]
@@ -119,6 +152,27 @@ def initial_synthetic(train: LabeledImages, ipc: int, factor: int, normalization
     return torch.cat(images), torch.cat(labels)
 
 
+def initial_class_images(train: LabeledImages, c: int, ipc: int, factor: int,
+                         normalization: Normalization, seed: int) -> torch.Tensor:
+    """Class ``c``'s initial stored images: ipc·f² of its real images from the (seed, class)
+    stream, f² per stored image; the same whichever rank initialises the class."""
+    members = torch.nonzero(train.labels == c).flatten()
+    generator = stream(seed, "init", c)
+    pick = members[torch.randperm(len(members), generator=generator)[: ipc * factor**2]]
+    real = normalization.normalize(train.images[pick])
+    return real if factor == 1 else multi_formation_init(real, factor, train.resolution)
+
+
+def iteration_dsa(config: DSAConfig, generator: torch.Generator) -> DSAConfig:
+    """The families applied at one iteration: in mode "S" one family, drawn from the
+    iteration's shared stream, for every class (each class then draws its own parameters)."""
+    families = config.families
+    if config.mode != "S" or len(families) <= 1:
+        return config
+    pick = int(torch.randint(len(families), (1,), generator=generator).item())
+    return replace(config, strategy=families[pick], mode="M")
+
+
 def match_distributions(
     train: LabeledImages,
     ipc: int,
@@ -132,76 +186,114 @@ def match_distributions(
     metadata: dict | None = None,
     on_snapshot: SnapshotCallback | None = None,
     progress: bool = True,
+    execution: Execution | None = None,
 ) -> SyntheticSet:
     """Optimise ipc synthetic images per class so that their mean embedding under freshly
-    initialised (optionally perturbed) networks matches the real images' (DM / IEM Alg. 1)."""
+    initialised (optionally perturbed) networks matches the real images' (DM / IEM Alg. 1).
+
+    The loss is a sum over classes, so each rank of ``execution.world`` holds, initialises
+    and optimises only its classes (and only their real images); the network of an iteration
+    comes from (seed, iteration), every class's draws from (seed, class, iteration), so the
+    result does not depend on how many ranks share the work."""
+    execution = execution or Execution()
+    world = execution.world
     device = resolve_device(config.device)
     amp = resolve_precision(config.precision, device)
     num_classes, f, res = len(train.classes), config.factor, train.resolution
-    generator = torch.Generator().manual_seed(seed)
-    # the network hook draws from its own stream, so switching it off (ablation) leaves every
-    # real batch and augmentation draw unchanged
-    hook_generator = torch.Generator().manual_seed(seed + 7_919)
-    stored, labels = initial_synthetic(train, ipc, f, normalization, generator)
-    stored = stored.to(device).requires_grad_(True)
-    syn_groups = decoded_labels(labels, f).to(device)
-    real = normalization.normalize(train.images).to(device)
-    members = [torch.nonzero(train.labels == c).flatten() for c in range(num_classes)]
+    check_ipc(train, ipc * f * f)
+    owned = world.owned_classes(num_classes)
+    # -- init: this rank's classes only ---------------------------------------------------
+    members = [torch.nonzero(train.labels == c).flatten() for c in owned]
+    own_images = train.images[torch.cat(members)].to(device)  # uint8; normalised per batch
+    offsets = [0, *itertools.accumulate(len(m) for m in members)]
+    local = [torch.arange(offsets[j], offsets[j + 1]) for j in range(len(owned))]
+    stored = torch.cat([initial_class_images(train, c, ipc, f, normalization, seed)
+                        for c in owned]).to(device).requires_grad_(True)
+    labels = torch.arange(num_classes).repeat_interleave(ipc)
     optimizer = torch.optim.SGD([stored], lr=config.lr, momentum=config.momentum)
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
+    rows = slice(owned.start * ipc, owned.stop * ipc)
+    width = classes_per_pass(config, ipc, res)
+    passes = [range(j, min(j + width, len(owned))) for j in range(0, len(owned), width)]
 
-    def snapshot(iterations: int, seconds: float) -> SyntheticSet:
+    def match_pass(group: range, draws: list[torch.Generator],
+                   families: DSAConfig | None) -> torch.Tensor:
+        """Forward and backward of the classes ``group`` (local indices); their losses."""
+        real_idx = torch.cat([local[j][torch.randperm(len(local[j]), generator=g)
+                                       [:config.batch_real]] for j, g in zip(group, draws,
+                                                                             strict=True)])
+        real_groups = torch.arange(len(group)).repeat_interleave(torch.tensor(
+            [min(len(local[j]), config.batch_real) for j in group])).to(device)
+        syn_groups = decoded_labels(torch.arange(len(group)).repeat_interleave(ipc),
+                                    f).to(device)
+        x_real = normalization.normalize(own_images[real_idx.to(device)])
+        x_syn = multi_formation_decode(stored[group.start * ipc:group.stop * ipc], f, res)
+        if families is not None:
+            params = concat_params([
+                sample_dsa_params(families, 1, generator=g, siamese=False, height=res,
+                                  width=res) for g in draws]).to(device)
+            x_real = apply_dsa(x_real, params.take(real_groups))
+            x_syn = apply_dsa(x_syn, params.take(syn_groups))
+        with torch.no_grad(), autocast(device, amp):
+            real_features = chunked_forward(embed, x_real, real_chunk, pad=embed.compiled)
+            real_means = class_means(real_features.float(), real_groups, len(group))
+        with autocast(device, amp):
+            syn_means = class_means(embed(x_syn).float(), syn_groups, len(group))
+        per_class = class_matching_losses(real_means, syn_means)
+        per_class.sum().backward()  # a class's gradient comes from its own term only
+        return per_class.detach()
+
+    # -- one iteration ----------------------------------------------------------------------
+    def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
+        reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
+                     seed=seed * 1_000_003 + it)
+        if network_hook is not None:
+            network_hook(net, stream(seed, "network", it))
+        families = None if config.dsa is None else iteration_dsa(config.dsa,
+                                                                 stream(seed, "dsa", it))
+        optimizer.zero_grad(set_to_none=True)
+        losses = [match_pass(group, [stream(seed, "class", owned[j], it) for j in group],
+                             families) for group in passes]
+        optimizer.step()
+        # the reported loss is summed in class order over all ranks: the same on any world
+        return world.gather_classes(torch.cat(losses), num_classes).sum().item(), 1, True
+
+    # -- what a snapshot / checkpoint holds ---------------------------------------------------
+    def snapshot(iterations: int, steps: int, seconds: float) -> SyntheticSet:
         return SyntheticSet(
-            images=stored.detach().cpu().clone(), labels=labels.clone(), classes=train.classes,
+            images=world.gather_classes(stored.detach(), num_classes).cpu().clone(),
+            labels=labels.clone(), classes=train.classes,
             normalization=normalization, factor=f, resolution=res,
             metadata={**(metadata or {}), "method": method, "ipc": ipc, "seed": seed,
                       "iterations": iterations, "seconds": seconds, "lr": config.lr,
                       "momentum": config.momentum, "batch_real": config.batch_real,
                       "backbone": config.backbone, "precision": str(amp or "fp32"),
                       "compiled": embed.compiled,
-                      "dsa": config.dsa.strategy if config.dsa else "none"},
+                      "dsa": config.dsa.strategy if config.dsa else "none",
+                      "classes_per_pass": min(width, num_classes),
+                      "algorithm_version": ALGORITHM_VERSION,
+                      "streams_version": STREAMS_VERSION},
         )
 
-    total = budget.iterations if budget.iterations is not None else math.inf
-    bar = tqdm(total=None if math.isinf(total) else total, desc=f"condense {method} ipc={ipc}",
-               disable=None if progress else True, leave=False)
-    start, it, loss_value = time.perf_counter(), 0, float("nan")
-    while not budget.exhausted(it, time.perf_counter() - start):
-        reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
-                     seed=seed * 1_000_003 + it)
-        if network_hook is not None:
-            network_hook(net, hook_generator)
-        real_idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:config.batch_real]]
-                              for m in members])
-        real_groups = train.labels[real_idx].to(device)
-        x_real, x_syn = real[real_idx.to(device)], multi_formation_decode(stored, f, res)
-        if config.dsa is not None:
-            params = sample_dsa_params(config.dsa, num_classes, generator=generator,
-                                       siamese=False, height=res, width=res).to(device)
-            x_real = apply_dsa(x_real, params.take(real_groups))
-            x_syn = apply_dsa(x_syn, params.take(syn_groups))
-        with torch.no_grad(), autocast(device, amp):
-            real_features = chunked_forward(embed, x_real, real_chunk, pad=embed.compiled)
-            real_means = class_means(real_features.float(), real_groups, num_classes)
-        with autocast(device, amp):
-            syn_means = class_means(embed(x_syn).float(), syn_groups, num_classes)
-        loss = distribution_matching_loss(real_means, syn_means)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        it += 1
-        loss_value = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if on_snapshot is not None and it in budget.snapshots:
-            on_snapshot(it, time.perf_counter() - start, snapshot(it, time.perf_counter() - start))
-    bar.close()
-    seconds = time.perf_counter() - start
-    log.info("%s ipc=%d: %d iterations in %.1fs, final loss %.4f", method, ipc, it, seconds,
-             loss_value)
-    result = snapshot(it, seconds)
-    result.metadata["final_loss"] = loss_value
-    return result
+    def save_state() -> dict[str, torch.Tensor]:
+        buffer = optimizer.state.get(stored, {}).get("momentum_buffer")
+        return {} if buffer is None else {
+            "momentum_buffer": world.gather_classes(buffer, num_classes)}
+
+    def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        expected = (num_classes * ipc, *stored.shape[1:])
+        if tuple(images.shape) != expected:
+            raise ValueError(f"checkpoint images have shape {tuple(images.shape)}, this run "
+                             f"needs {expected}")
+        with torch.no_grad():
+            stored.copy_(images[rows].to(device))
+        if "momentum_buffer" in state:
+            optimizer.state[stored]["momentum_buffer"] = \
+                state["momentum_buffer"][rows].to(device).clone()
+
+    return drive(budget, step, snapshot=snapshot, desc=f"condense {method} ipc={ipc}",
+                 execution=execution, resumable=Resumable(save_state, restore),
+                 on_snapshot=on_snapshot, progress=progress)

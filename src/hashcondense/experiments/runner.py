@@ -10,7 +10,10 @@ for the same set get the same set.
 Outputs of ``results_dir``: ``results.jsonl`` (one record per cell and metric, written
 atomically), ``run.json`` (spec, versions, machine, protocols), ``curves/<cell>.json``
 (precision–recall of Hamming-ball lookup) and ``previews/*.png`` (synthetic image grids).
-Synthetic sets live in ``cache_dir`` (default ``<results_dir>/synthetic``, ignored by git).
+Synthetic sets live in ``cache_dir`` (default ``<results_dir>/synthetic``, ignored by git),
+with the checkpoints of a condensation under way (``<set>/checkpoints``): a grid killed
+mid-condensation resumes it. Several workers (``shard``) fill one store and share one cache;
+see ``sharding.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..classification import ClassificationConfig, evaluate_classification
-from ..condense import Budget, build_condenser, check_ipc, with_runtime
+from ..condense import (
+    Budget,
+    Checkpointing,
+    Execution,
+    build_condenser,
+    check_ipc,
+    checkpoint,
+    with_runtime,
+)
+from ..condense.driver import parse_every
 from ..data import RetrievalSplit, make_split
 from ..evaluation import JudgeConfig, judge
 from ..hashing import HASH_METHODS
@@ -43,12 +55,14 @@ from ..records import atomic_write_text, machine_info, versions, write_json
 from ..retrieval.metrics import precision_recall_curve
 from ..synthetic import SyntheticSet
 from .grid import WHOLE, BudgetSpec, CondenserSpec, DatasetSpec, Experiment
+from .sharding import Shard, file_lock
 from .store import ResultStore, config_hash
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
+CHECKPOINT_EVERY = "2m"  # a killed grid loses at most this much of a condensation
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class RunSummary:
     ran: list[str]
     skipped: list[str]
     results: Path
+    condensed: list[str] = dataclasses.field(default_factory=list)  # set keys condensed here
 
 
 def _budget(spec: BudgetSpec | None, condenser: Any) -> Budget | None:
@@ -87,16 +102,20 @@ class ExperimentRunner:
     """Holds the loaded splits and the store while a grid runs; see :func:`run_experiment`."""
 
     def __init__(self, exp: Experiment, results_dir: Path, *, data_root: str | None = None,
-                 cache_dir: Path | None = None, progress: bool = True) -> None:
+                 cache_dir: Path | None = None, progress: bool = True,
+                 shard: Shard | None = None, checkpoint_every: str = CHECKPOINT_EVERY) -> None:
         self.exp, self.results_dir, self.data_root = exp, Path(results_dir), data_root
         self.cache_dir = Path(cache_dir) if cache_dir else self.results_dir / "synthetic"
         self.progress = progress
+        self.shard = shard or Shard()
+        self.checkpoint_every = parse_every(checkpoint_every)
         self.store = ResultStore(self.results_dir / RESULTS_FILE)
         self.run_id = uuid.uuid4().hex[:12]
         self._splits: dict[tuple[str, int | None], tuple[RetrievalSplit, Normalization]] = {}
         for name in exp.hash_methods:  # fail on a bad name before any data is loaded
             HASH_METHODS.get(name)
         self._condensers = {c.label: self._build(c) for c in exp.condensers}
+        self.condensed: list[str] = []
 
     # -- configuration ------------------------------------------------------------------
     def _build(self, spec: CondenserSpec) -> Any:
@@ -137,13 +156,20 @@ class ExperimentRunner:
                      cond: CondenserSpec) -> str:
         split, _ = self.split(ds)
         budget = self.budget_spec(cond)
-        return config_hash({
+        condenser = self._condensers[cond.label]
+        identity = {
             "dataset": ds.name, "resolution": split.train.resolution,
             "protocol": split.fingerprint(), "method": cond.method,
-            "condenser": repr(self._condensers[cond.label]),
+            "condenser": repr(condenser),
             "budget": None if budget is None else asdict(budget),
             "ipc": ipc, "seed": seed, "hashcondense": __version__,
-        })
+        }
+        # a condenser whose numbers changed says so (DM/IEM: 2, per-class streams); absent
+        # means the first version, so the keys of every other condenser stay as they were
+        version = getattr(condenser, "algorithm_version", 1)
+        if version != 1:
+            identity["algorithm_version"] = version
+        return config_hash(identity)
 
     def versions_of(self, cond: CondenserSpec, condense_key: str) -> list[int | None]:
         """The set versions judged: each snapshot before the end, then the final set. Coresets
@@ -182,8 +208,10 @@ class ExperimentRunner:
         return [c for args in self.exp.cells() for c in self.cells_of(*args)]
 
     # -- work ---------------------------------------------------------------------------
-    def training_sets(self, cells: list[Cell]) -> dict[int | None, tuple[Any, Any, float, dict]]:
-        """Images, labels, condensation seconds and metadata of every set version needed."""
+    def training_sets(self, cells: list[Cell], *, wait: bool = True
+                      ) -> dict[int | None, tuple[Any, Any, float, dict]] | None:
+        """Images, labels, condensation seconds and metadata of every set version needed;
+        None when ``wait`` is off and another worker is condensing the set right now."""
         first = cells[0]
         split, norm = self.split(first.dataset)
         if first.condenser.method == WHOLE:
@@ -192,7 +220,11 @@ class ExperimentRunner:
         needed = {c.iteration for c in cells}
         final = folder / "final.json"
         if not final.exists():
-            self._condense(first, split, norm, folder)
+            with file_lock(folder, wait=wait) as held:
+                if not held:
+                    return None
+                if not final.exists():  # another worker may have finished it meanwhile
+                    self._condense(first, split, norm, folder)
         preview = self.results_dir / "previews" / (
             f"{first.dataset.name}_{first.condenser.label}_ipc{first.ipc}_seed{first.seed}.png")
         if not preview.exists():  # also for a set condensed by another experiment
@@ -213,8 +245,17 @@ class ExperimentRunner:
         condenser = self._condensers[cell.condenser.label]
         budget = _budget(self.budget_spec(cell.condenser), condenser)
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("snapshot-*"):  # an interrupted run's; this run makes its own
-            stale.unlink()
+        checkpoints = folder / "checkpoints"
+        resumed = checkpoint.latest(checkpoints)
+        done_before = 0.0 if resumed is None else resumed.position.seconds
+        for stale in folder.glob("snapshot-*.json"):  # an interrupted run's, past its checkpoint
+            iteration = int(stale.stem.split("-")[1])
+            if resumed is None or iteration > resumed.position.iteration:
+                stale.unlink()
+                stale.with_suffix(".safetensors").unlink(missing_ok=True)
+        every_iterations, every_seconds = self.checkpoint_every
+        execution = Execution(checkpointing=Checkpointing(
+            checkpoints, every_iterations, every_seconds, resume=True))
         gitignore = self.cache_dir / ".gitignore"
         if not gitignore.exists():
             atomic_write_text(gitignore, "*\n")  # synthetic sets never reach a commit
@@ -224,16 +265,20 @@ class ExperimentRunner:
         def on_snapshot(iteration: int, seconds: float, syn: SyntheticSet) -> None:
             # the same clock as the final set's (setup and compilation included) for Fig. 3
             syn.metadata.update(protocol_fingerprint=split.fingerprint(),
-                                wall_seconds=time.perf_counter() - start)
+                                wall_seconds=time.perf_counter() - start + done_before)
             syn.save(folder / f"snapshot-{iteration}")
 
         log.info("condense %s ipc=%d seed=%d on %s", cell.condenser.label, cell.ipc, cell.seed,
                  cell.dataset.name)
         syn = condenser.condense(split.train, cell.ipc, normalization=norm, seed=cell.seed,
-                                 budget=budget, on_snapshot=on_snapshot, progress=self.progress)
+                                 budget=budget, on_snapshot=on_snapshot, progress=self.progress,
+                                 execution=execution)
         syn.metadata.update(protocol_fingerprint=split.fingerprint(), dataset=cell.dataset.name,
-                            wall_seconds=time.perf_counter() - start, label=cell.condenser.label)
+                            wall_seconds=time.perf_counter() - start + done_before,
+                            label=cell.condenser.label)
         syn.save(folder / "final")  # last: its presence marks the condensation complete
+        checkpoint.remove(checkpoints)
+        self.condensed.append(cell.condense_key)
 
     def judge_cell(self, cell: Cell, images: torch.Tensor, labels: torch.Tensor,
                    condense_seconds: float, metadata: dict) -> None:
@@ -269,6 +314,8 @@ class ExperimentRunner:
             "task": cell.task, "hash_method": cell.hash_method, "bits": cell.bits,
             "backbone": backbone, "train_seconds": train_s, "encode_seconds": encode_s,
             "judge_steps": steps, "precision": self.exp.precision,
+            **({"algorithm_version": metadata["algorithm_version"]}
+               if "algorithm_version" in metadata else {}),
             "protocol_fingerprint": split.fingerprint(),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -279,6 +326,10 @@ class ExperimentRunner:
                  {m: round(100 * v, 2) for m, v in metrics.items()})
 
     def write_run_file(self, cells: list[str] | None = None) -> None:
+        with file_lock(self.results_dir):  # sharded workers update it too
+            self._write_run_file(cells)
+
+    def _write_run_file(self, cells: list[str] | None) -> None:
         path = self.results_dir / RUN_FILE
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         protocols = dict(previous.get("protocols", {}))
@@ -295,6 +346,8 @@ class ExperimentRunner:
         })
 
     def run(self, on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
+        """Every cell of this worker's shard that the store does not hold. A set that another
+        worker is condensing is put off until the others are done, then waited for."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         done = self.store.done()
         ran, skipped = [], []
@@ -302,51 +355,68 @@ class ExperimentRunner:
         for _, ds, ipc, cond in self.exp.cells():  # an impossible ipc fails before any work
             if cond.method != WHOLE:
                 check_ipc(self.split(ds)[0].train, ipc)
-        keys = [c.key for g in groups for c in g]
+        keys = [c.key for g in groups for c in g]  # the whole grid's, whatever the shard
         self.write_run_file(keys)
-        total = sum(len(g) for g in groups)
+        mine = [[c for c in g if self.shard.owns(c.key)] for g in groups]
+        mine = [g for g in mine if g]
+        total = sum(len(g) for g in mine)
         bar = tqdm(total=total, desc=f"{self.exp.name}/{self.exp.profile}", unit="cell",
                    disable=None if self.progress else True)
-        for group in groups:
+        deferred = []
+        for group in mine:
             pending = [c for c in group if c.key not in done]
             skipped += [c.key for c in group if c.key in done]
             bar.update(len(group) - len(pending))
-            if not pending:
-                continue
-            sets = self.training_sets(pending)
-            for cell in pending:
-                if cell.iteration not in sets:
-                    log.warning("%s %s ipc=%s: no snapshot at iteration %d (the budget ended "
-                                "first); its cells are dropped", cell.dataset.name,
-                                cell.condenser.label, cell.ipc, cell.iteration)
-                    bar.update(1)
-                    continue
-                images, labels, seconds, metadata = sets[cell.iteration]
-                self.judge_cell(cell, images, labels, seconds, metadata)
-                ran.append(cell.key)
-                done.add(cell.key)
-                bar.update(1)
-                if on_cell is not None:
-                    on_cell(cell)
-            self.write_run_file(keys)
+            if pending and not self._run_group(pending, done, ran, bar, on_cell, wait=False):
+                deferred.append(pending)
+        for pending in deferred:
+            self._run_group(pending, done, ran, bar, on_cell, wait=True)
         bar.close()
-        return RunSummary(ran, skipped, self.store.path)
+        return RunSummary(ran, skipped, self.store.path, list(self.condensed))
+
+    def _run_group(self, pending: list[Cell], done: set[str], ran: list[str], bar: tqdm,
+                   on_cell: Callable[[Cell], None] | None, *, wait: bool) -> bool:
+        """Judge ``pending`` (cells of one set); False when the set is busy and ``wait`` off."""
+        sets = self.training_sets(pending, wait=wait)
+        if sets is None:
+            return False
+        for cell in pending:
+            if cell.iteration not in sets:
+                log.warning("%s %s ipc=%s: no snapshot at iteration %d (the budget ended "
+                            "first); its cells are dropped", cell.dataset.name,
+                            cell.condenser.label, cell.ipc, cell.iteration)
+                bar.update(1)
+                continue
+            images, labels, seconds, metadata = sets[cell.iteration]
+            self.judge_cell(cell, images, labels, seconds, metadata)
+            ran.append(cell.key)
+            done.add(cell.key)
+            bar.update(1)
+            if on_cell is not None:
+                on_cell(cell)
+        self.write_run_file()
+        return True
 
 
 def run_experiment(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None,
                    cache_dir: str | Path | None = None, progress: bool = True,
-                   on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
-    """Run (or resume) every cell of ``exp`` that ``results_dir`` does not hold yet."""
+                   on_cell: Callable[[Cell], None] | None = None,
+                   shard: Shard | None = None) -> RunSummary:
+    """Run (or resume) every cell of ``exp`` (of ``shard``'s part of it) that ``results_dir``
+    does not hold yet."""
     runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root,
                               cache_dir=Path(cache_dir) if cache_dir else None,
-                              progress=progress)
+                              progress=progress, shard=shard)
     return runner.run(on_cell)
 
 
 def plan(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None,
-         cache_dir: str | Path | None = None) -> list[tuple[Cell, bool]]:
-    """Every cell of ``exp`` and whether ``results_dir`` already holds it (a dry run)."""
+         cache_dir: str | Path | None = None,
+         shard: Shard | None = None) -> list[tuple[Cell, bool]]:
+    """Every cell of ``exp`` (of ``shard``'s part) and whether ``results_dir`` already holds
+    it (a dry run)."""
     runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root, progress=False,
                               cache_dir=Path(cache_dir) if cache_dir else None)
     done = runner.store.done()
-    return [(c, c.key in done) for c in runner.all_cells()]
+    shard = shard or Shard()
+    return [(c, c.key in done) for c in runner.all_cells() if shard.owns(c.key)]

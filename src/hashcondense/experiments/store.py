@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import append_jsonl, read_jsonl
+from .sharding import file_lock
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -32,4 +33,7 @@ class ResultStore:
         return {r["cell"] for r in self.rows() if "cell" in r}
 
     def add(self, cell: str, records: Iterable[Mapping[str, Any]]) -> None:
-        append_jsonl(self.path, [{**r, "cell": cell} for r in records])
+        """Append under a file lock: the append rewrites the file, and workers of a sharded
+        grid (``bench --shard``) share it."""
+        with file_lock(self.path.parent):
+            append_jsonl(self.path, [{**r, "cell": cell} for r in records])
