@@ -124,7 +124,6 @@ def test_a_call_is_deterministic_for_its_seed(pooled_split):
 def test_pooled_test_set_excludes_training_images_and_counts_nothing_twice(pooled_split):
     split = pooled_split
     test = held_out(split)
-    assert test.database_known
     assert len(test) == len(split.query) + len(split.database)
     held = np.concatenate([split.query_index[test.query], split.database_index[test.database]])
     assert not set(held.tolist()) & set(split.train_index.tolist())

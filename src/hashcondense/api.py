@@ -34,16 +34,6 @@ SPLIT_FILE = "split.json"
 SKIPPED_FILE = "skipped_images.txt"
 
 
-def load_split(dataset: str | ProtocolSpec, data_root: str | None, *, seed: int,
-               resolution: int | None, split_options: dict[str, Any] | None = None,
-               skip_bad_images: bool = False, progress: bool = True) -> RetrievalSplit:
-    """The split of a built-in protocol, a protocol file or any collection path (with the
-    split-rule options of ``resolve_protocol``)."""
-    spec = resolve_protocol(dataset, **(split_options or {}))
-    return make_split(spec, data_root, seed=seed, resolution=resolution,
-                      skip_bad_images=skip_bad_images, progress=progress)
-
-
 def _dataset_fields(spec: ProtocolSpec) -> dict[str, Any]:
     """How a run names its data: the protocol, plus the spec a re-evaluation rebuilds it from."""
     return {"dataset": spec.name if spec.builtin else spec.sources[0],
@@ -113,7 +103,7 @@ def train_run(
     if syn is not None and resolution is None:
         resolution = syn.resolution
     spec = resolve_protocol(dataset, **(split_options or {}))
-    split = load_split(spec, data_root, seed=split_seed, resolution=resolution,
+    split = make_split(spec, data_root, seed=split_seed, resolution=resolution,
                        skip_bad_images=skip_bad_images, progress=progress)
     chosen = None
     if syn is not None:
@@ -195,7 +185,7 @@ def condense_run(
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
     spec = resolve_protocol(dataset, **(split_options or {}))
-    split = load_split(spec, data_root, seed=split_seed, resolution=resolution,
+    split = make_split(spec, data_root, seed=split_seed, resolution=resolution,
                        skip_bad_images=skip_bad_images, progress=progress)
     check_ipc(split.train, ipc)
     norm = Normalization.from_images(split.train.images)

@@ -108,7 +108,6 @@ class HeldOut:
 
     query: np.ndarray
     database: np.ndarray
-    database_known: bool  # False: the split's pools are unknown, so the database was left out
 
     def __len__(self) -> int:
         return len(self.query) + len(self.database)
@@ -140,7 +139,7 @@ def held_out(split: RetrievalSplit) -> HeldOut:
     if len(query) < len(split.query):
         log.warning("%d queries of %s are training images; left out of the test set",
                     len(split.query) - len(query), split.protocol)
-    return HeldOut(query, database, True)
+    return HeldOut(query, database)
 
 
 def predict_labels(

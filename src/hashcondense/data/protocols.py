@@ -626,7 +626,7 @@ def split_from_pools(
         query_index=np.asarray(q_idx, dtype=np.int64),
         train_index=np.asarray(t_idx, dtype=np.int64),
         database_index=np.asarray(d_idx, dtype=np.int64),
-        topk=topk if not spec.builtin else spec.topk,
+        topk=topk,
         index_pool=index_pool,
         classes=classes,
         label_map=label_map,
