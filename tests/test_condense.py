@@ -223,3 +223,44 @@ def test_with_runtime_reaches_every_nested_runtime_config():
     assert herding.feature_train.compile == "auto"
     rnd = build_condenser("random")
     assert with_runtime(rnd, compile="auto") == rnd
+    # a setting the runtime leaves out stays the condenser's own
+    dm = with_runtime(build_condenser("dm", matching={"precision": "fp32"}), compile="auto")
+    assert (dm.matching.precision, dm.matching.compile) == ("fp32", "auto")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        with_runtime(rnd, precision="fp16")
+
+
+def test_every_condenser_declares_its_interface_and_a_bare_one_is_refused():
+    from dataclasses import dataclass
+
+    from hashcondense.condense import CONDENSERS
+    from hashcondense.condense.base import CondenserRegistry
+
+    for name in CONDENSERS:
+        cls = CONDENSERS.get(name)
+        assert isinstance(cls.algorithm_version, int) and cls.algorithm_version >= 1
+        assert isinstance(cls.iterative, bool) and cls.name == name
+        assert not cls.iterative or cls.iterations >= 1
+    assert {n for n in CONDENSERS if CONDENSERS.get(n).iterative} == {"dm", "dsa", "idc", "iem"}
+
+    @dataclass(frozen=True)
+    class Bare:
+        name: str = "bare"
+
+        def condense(self, *args, **kwargs): ...
+
+    registry = CondenserRegistry("condenser")
+    with pytest.raises(TypeError, match="'bare' does not declare algorithm_version, iterative, "
+                                        "with_runtime"):
+        registry.register("bare")(Bare)
+
+    @dataclass(frozen=True)
+    class Looping(Bare):
+        algorithm_version = 1
+        iterative = True
+
+        def with_runtime(self, runtime):
+            return self
+
+    with pytest.raises(TypeError, match="does not declare iterations"):
+        registry.register("looping")(Looping)

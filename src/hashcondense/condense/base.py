@@ -2,6 +2,20 @@
 
 Budgets are iterations and/or wall-clock seconds, so methods can be compared at equal cost;
 ``on_snapshot`` receives intermediate synthetic sets at chosen iterations (paper Fig. 3).
+
+A condenser declares what it offers instead of being probed for it (one file per method,
+registered in :data:`CONDENSERS`, which refuses a class that misses a declaration):
+
+- ``name``: its registry name;
+- ``algorithm_version`` (class-level): part of the identity of every set it makes (the
+  experiment runner's cache and result keys hash the method, this version, the options the grid
+  gave and the precision — never the dataclass's repr, so a new field with a default re-keys
+  nothing). **A change to a condenser's defaults or loop that changes its numbers must bump its
+  ``algorithm_version``**; a change that keeps them (a faster path, a memory bound) must not;
+- ``iterative`` (class-level): it takes a :class:`Budget` (iterations and/or seconds) and
+  delivers snapshots; iterative condensers have ``iterations``, their reference budget;
+- ``with_runtime(runtime)``: the condenser with a :class:`Runtime` (compile, precision) applied
+  to every network it runs; condensers that run none return themselves.
 """
 
 from __future__ import annotations
@@ -9,17 +23,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..registry import Registry
+from ..runtime import COMPILE_MODES, PRECISIONS
 from ..synthetic import SyntheticSet
 
 if TYPE_CHECKING:
     from .driver import Execution
 
 SnapshotCallback = Callable[[int, float, SyntheticSet], None]  # (iteration, seconds, set)
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -28,13 +44,19 @@ class Budget:
 
     iterations: int | None = None
     seconds: float | None = None
-    snapshots: tuple[int, ...] = ()
+    snapshots: tuple[int, ...] = ()  # iterations whose set goes to ``on_snapshot`` (sorted)
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 0:
             raise ValueError(f"budget iterations must be >= 0, got {self.iterations}")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError(f"budget seconds must be positive, got {self.seconds}")
+        snapshots = tuple(self.snapshots)
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in snapshots):
+            raise ValueError(f"budget snapshots must be iterations >= 0, got {list(snapshots)}")
+        if len(set(snapshots)) != len(snapshots):
+            raise ValueError(f"budget snapshots repeat an iteration: {list(snapshots)}")
+        object.__setattr__(self, "snapshots", tuple(sorted(snapshots)))
 
     def exhausted(self, iteration: int, seconds: float) -> bool:
         return (self.iterations is not None and iteration >= self.iterations) or (
@@ -42,8 +64,39 @@ class Budget:
         )
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a condenser's networks run: ``compile`` (never changes what is computed in
+    principle, so it is no part of a set's identity) and ``precision`` (changes the numbers:
+    part of it). None leaves the condenser's own setting."""
+
+    compile: str | None = None
+    precision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+
+    def apply(self, config: C) -> C:
+        """``config`` (a dataclass with ``compile`` and ``precision`` fields: a matching loop's
+        config, a ``TrainConfig``) with the settings this runtime gives."""
+        changes = {k: v for k, v in (("compile", self.compile), ("precision", self.precision))
+                   if v is not None}
+        return dataclasses.replace(config, **changes) if changes else config
+
+
+
 class Condenser(Protocol):
+    """See the module docstring for what each declaration means."""
+
     name: str
+    algorithm_version: ClassVar[int]
+    iterative: ClassVar[bool]
+
+    def with_runtime(self, runtime: Runtime) -> Self: ...
 
     def condense(
         self,
@@ -59,7 +112,35 @@ class Condenser(Protocol):
     ) -> SyntheticSet: ...
 
 
-CONDENSERS: Registry[Condenser] = Registry("condenser")
+class IterativeCondenser(Condenser, Protocol):
+    """A condenser with ``iterative = True``: it runs ``iterations`` (its reference budget)
+    unless given a :class:`Budget`."""
+
+    iterations: int
+
+
+DECLARATIONS = ("name", "algorithm_version", "iterative", "with_runtime", "condense")
+
+
+class CondenserRegistry(Registry[Condenser]):
+    """The registry of condensers; a class missing a declaration fails at its registration."""
+
+    def register(self, name: str) -> Callable[[Callable[..., Condenser]],
+                                              Callable[..., Condenser]]:
+        add = super().register(name)
+
+        def decorator(factory: Callable[..., Condenser]) -> Callable[..., Condenser]:
+            missing = [d for d in DECLARATIONS if not hasattr(factory, d)]
+            if getattr(factory, "iterative", False) and not hasattr(factory, "iterations"):
+                missing.append("iterations")
+            if missing:
+                raise TypeError(f"condenser {name!r} does not declare {', '.join(missing)}")
+            return add(factory)
+
+        return decorator
+
+
+CONDENSERS: CondenserRegistry = CondenserRegistry("condenser")
 
 
 def build_condenser(name: str, **kwargs: object) -> Condenser:
@@ -90,20 +171,9 @@ def _merge_options(defaults: object, options: Mapping[str, object], where: str) 
     return merged
 
 
-def with_runtime(condenser: Condenser, **settings: str) -> Condenser:
-    """``condenser`` with every nested runtime config (matching loop, feature training) given
-    ``settings`` (``compile=``, ``precision=``) where it has that field; condensers that run no
-    network come back unchanged."""
-    if not dataclasses.is_dataclass(condenser):
-        return condenser
-    changes = {}
-    for f in dataclasses.fields(condenser):
-        value = getattr(condenser, f.name)
-        if dataclasses.is_dataclass(value):
-            own = {k: v for k, v in settings.items() if hasattr(value, k)}
-            if own:
-                changes[f.name] = dataclasses.replace(value, **own)
-    return dataclasses.replace(condenser, **changes) if changes else condenser
+def with_runtime(condenser: Condenser, **settings: Any) -> Condenser:
+    """``condenser.with_runtime(Runtime(**settings))`` (``compile=``, ``precision=``)."""
+    return condenser.with_runtime(Runtime(**settings))
 
 
 def check_ipc(train: LabeledImages, ipc: int) -> None:

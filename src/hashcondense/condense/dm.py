@@ -7,13 +7,13 @@ Real-image initialisation; each iteration a freshly initialised ConvNet-3 embeds
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
-from .base import CONDENSERS, Budget, SnapshotCallback
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback
 from .driver import Execution
 from .matching import ALGORITHM_VERSION, MatchingConfig, match_distributions
 
@@ -26,8 +26,12 @@ class DM:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     iterations: int = DM_ITERATIONS
     name: str = "dm"
-    # not a field: the loop's version enters cache keys without changing the options
+    # not fields: the loop's version enters cache keys without changing the options
     algorithm_version: ClassVar[int] = ALGORITHM_VERSION
+    iterative: ClassVar[bool] = True
+
+    def with_runtime(self, runtime: Runtime) -> DM:
+        return replace(self, matching=runtime.apply(self.matching))
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,

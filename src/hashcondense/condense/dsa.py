@@ -26,7 +26,8 @@ first-order passes only — the real-batch gradients and the inner-loop network 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ from ..runtime import (
     resolve_precision,
 )
 from ..synthetic import SyntheticSet
-from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable
 from .gradient_matching import (
     DISTANCES,
@@ -116,6 +117,11 @@ class DSA:
     matching: DSAMatchingConfig = field(default_factory=DSAMatchingConfig)
     iterations: int = DSA_ITERATIONS
     name: str = "dsa"
+    algorithm_version: ClassVar[int] = 1
+    iterative: ClassVar[bool] = True
+
+    def with_runtime(self, runtime: Runtime) -> DSA:
+        return replace(self, matching=runtime.apply(self.matching))
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,

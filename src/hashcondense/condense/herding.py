@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
@@ -19,7 +20,7 @@ from ..hashing import build_hash_method
 from ..hashing.trainer import TrainConfig, train_hashing_network
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
-from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution
 from .random import coreset
 
@@ -64,6 +65,11 @@ class HerdingCondenser:
     feature_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=10, batch_size=32))
     name: str = "herding"
+    algorithm_version: ClassVar[int] = 1
+    iterative: ClassVar[bool] = False  # a feature network, then a greedy pass: no budget
+
+    def with_runtime(self, runtime: Runtime) -> HerdingCondenser:
+        return replace(self, feature_train=runtime.apply(self.feature_train))
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,

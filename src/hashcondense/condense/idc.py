@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ from ..runtime import (
     resolve_precision,
 )
 from ..synthetic import SyntheticSet, multi_formation_decode, multi_formation_init
-from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable
 from .gradient_matching import (
     DISTANCES,
@@ -185,6 +186,11 @@ class IDC:
     factor: int | None = None  # None: iem.default_factor(resolution); 1: IDC-I
     iterations: int = IDC_ITERATIONS
     name: str = "idc"
+    algorithm_version: ClassVar[int] = 1
+    iterative: ClassVar[bool] = True
+
+    def with_runtime(self, runtime: Runtime) -> IDC:
+        return replace(self, matching=runtime.apply(self.matching))
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,

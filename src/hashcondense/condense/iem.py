@@ -21,7 +21,7 @@ from torch import nn
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
-from .base import CONDENSERS, Budget, SnapshotCallback
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback
 from .driver import Execution
 from .matching import ALGORITHM_VERSION, MatchingConfig, match_distributions
 
@@ -87,8 +87,12 @@ class IEM:
     factor: int | None = None  # None: default_factor(resolution)
     iterations: int = 200
     name: str = "iem"
-    # not a field: the loop's version enters cache keys without changing the options
+    # not fields: the loop's version enters cache keys without changing the options
     algorithm_version: ClassVar[int] = ALGORITHM_VERSION
+    iterative: ClassVar[bool] = True
+
+    def with_runtime(self, runtime: Runtime) -> IEM:
+        return replace(self, matching=runtime.apply(self.matching))
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,

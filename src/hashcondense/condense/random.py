@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import torch
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..synthetic import SyntheticSet
-from .base import CONDENSERS, Budget, SnapshotCallback, check_ipc
+from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution
 
 
@@ -45,6 +46,11 @@ def coreset(train: LabeledImages, index: np.ndarray, normalization: Normalizatio
 @dataclass(frozen=True)
 class RandomCondenser:
     name: str = "random"
+    algorithm_version: ClassVar[int] = 1
+    iterative: ClassVar[bool] = False
+
+    def with_runtime(self, runtime: Runtime) -> RandomCondenser:
+        return self  # no network
 
     def condense(self, train: LabeledImages, ipc: int, *, normalization: Normalization,
                  seed: int, budget: Budget | None = None,
