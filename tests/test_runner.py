@@ -83,14 +83,14 @@ def test_profile_replaces_whole_grid_keys_and_budgets_fall_back_to_default():
     ({"grid": {}, "profile": {"cpu": {}}}, "unknown top-level key"),
     ({"grid": {}, "profiles": {"CPU": {}}}, "profiles must be a mapping with keys among"),
     ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-               "budgets": {"DM": {"iterations": 3}}}}, r"budgets for unknown condenser.*'DM'"),
+               "budgets": {"DM": {"iterations": 3}}}}, r"budgets: for unknown condenser.*'DM'"),
     ({"grid": {"datasets": {"cifar10": [1, 10]}, "condensers": ["dm"]}},
-     "datasets.cifar10 must be a mapping"),
+     "datasets.cifar10: must be a mapping"),
     ({"grid": {"datasets": {"cifar10": {"ipcs": [1, 1]}}, "condensers": ["dm"]}}, "repeats"),
     ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-               "budgets": {"dm": {"seconds": "5m"}}}}, "budgets.dm.seconds must be"),
+               "budgets": {"dm": {"seconds": "5m"}}}}, "budgets.dm.seconds: must be a number"),
     ({"grid": {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-               "precision": "fp16"}}, "precision must be one of"),
+               "precision": "fp16"}}, "precision: must be one of"),
 ])
 def test_mistyped_files_are_refused_naming_the_file_and_key(doc, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -115,19 +115,21 @@ def test_nested_condenser_options_merge_recursively_and_refuse_non_configs():
 
 
 @pytest.mark.parametrize("grid, message", [
-    ({"datasets": {"cifar10": {"ipcs": [0]}}, "condensers": ["dm"]}, "ipcs must be >= 1"),
+    ({"datasets": {"cifar10": {"ipcs": [0]}}, "condensers": ["dm"]},
+     "datasets.cifar10.ipcs: must be integers >= 1"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"], "bitz": [1]},
-     "unknown grid key"),
+     r"unknown key\(s\) \['bitz'\]; known: datasets, condensers"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm", "dm"]}, "labels repeat"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"], "tasks": ["sorting"]},
-     "unknown task"),
+     r"tasks: unknown \['sorting'\]; choose from retrieval, classification"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-      "budgets": {"dm": {"iters": 3}}}, "unknown field"),
+      "budgets": {"dm": {"iters": 3}}},
+     r"budgets.dm: unknown key\(s\) \['iters'\]; known: iterations, seconds, snapshots"),
     ({"datasets": {"cifar10": {}}, "condensers": ["dm"]}, "needs ipcs"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-      "judge": {"steps": "500"}}, "judge.steps must be a positive int"),
+      "judge": {"steps": "500"}}, "judge.steps: must be an integer"),
     ({"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["dm"],
-      "judge": {"epochs": 0}}, "judge.epochs must be a positive int"),
+      "judge": {"epochs": 0}}, "judge.epochs: must be a positive int"),
 ])
 def test_bad_grids_are_refused_with_the_key_named(grid, message):
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,6 @@
 """Experiment grids declared in YAML: which datasets, condensers, ipcs, bit lengths, hashing
-methods and seeds, under three compute profiles (``smoke`` for CI, ``cpu`` for a 2-core
-machine, ``paper`` for the paper's protocol on a GPU).
+methods and seeds, under the compute profiles of ``hashcondense.recipes`` (``smoke`` for CI,
+``cpu`` for a 2-core machine, ``paper`` for the paper's protocol on a GPU).
 
 A file has a ``grid`` (the paper's protocol) and ``profiles``; a profile replaces whole keys of
 the grid (lists and mappings are not merged, so a profile reads as exactly what it runs)::
@@ -16,11 +16,21 @@ the grid (lists and mappings are not merged, so a profile reads as exactly what 
       tasks: [retrieval]             # and/or classification
       seeds: [0]
       budgets: {default: {iterations: 200}, dsa: {seconds: 600, snapshots: [10, 50]}}
-      judge: {recipe: paper, steps: null, epochs: null}
+      judge: {recipe: paper, steps: null, epochs: null, whole_epochs: null, batch_size: null}
+      protocol: test                 # or validation: judged on a split carved from the database
       precision: auto
       compile: auto
+      report: []                     # the report's sections (empty: the report decides)
     profiles:
       smoke: {datasets: {digits: {ipcs: [1]}}, budgets: {default: {iterations: 2}}}
+
+Every part of a grid is a frozen dataclass that checks itself in ``__post_init__``; one generic
+:func:`from_mapping` builds them from the YAML, led by their type hints. So a typo anywhere
+(an unknown key, a bad value, an unknown hashing method, condenser or condenser option) fails
+when the file is read, as one line naming the file and the key, before any data loads. Each
+allowed value is declared once, where it lives: profiles and judge recipes in
+``hashcondense.recipes``, precisions and compile modes in ``hashcondense.runtime``, hashing
+methods and condensers in their registries, budgets are ``condense.Budget`` itself.
 """
 
 from __future__ import annotations
@@ -28,17 +38,71 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-PROFILES = ("smoke", "cpu", "paper")
+from ..condense import CONDENSERS, Budget, Condenser, build_condenser
+from ..hashing import HASH_METHODS
+from ..recipes import RECIPES
+from ..runtime import COMPILE_MODES, PRECISIONS
+
+PROFILES = tuple(RECIPES)  # a grid's profiles are the judge's compute profiles
 TASKS = ("retrieval", "classification")
-PRECISIONS = ("auto", "fp32", "bf16")
-COMPILES = ("auto", "on", "off")
+PROTOCOLS = ("test", "validation")  # what a grid's cells are judged on
+# the split a ``protocol: validation`` grid judges on (RetrievalSplit.validation's arguments)
+VALIDATION_SPLIT = {"query_per_class": 100, "database_size": 10_000, "seed": 0}
 WHOLE = "whole"  # the pseudo-condenser "train on the whole train split": the reference line
+
+T = TypeVar("T")
+
+
+class FieldError(ValueError):
+    """A spec's check of one of its fields failed; :func:`from_mapping` names the field by its
+    path in the file (``datasets.cifar10.ipcs: must be >= 1, got [0]``)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
+def canonical_number(value: Any) -> Any:
+    """300.0 -> 300: numbers enter cell hashes, so one quantity must have one spelling."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _distinct(values: tuple, name: str, *, minimum: int | None = None,
+              choices: typing.Sequence[str] | None = None) -> None:
+    """A non-empty list without repeats, of integers >= ``minimum`` or of ``choices``."""
+    if not values:
+        raise FieldError(name, "must not be empty")
+    if minimum is not None:
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < minimum]
+        if bad:
+            raise FieldError(name, f"must be integers >= {minimum}, got {list(values)}")
+    if choices is not None:
+        bad = sorted(set(values) - set(choices))
+        if bad:
+            raise FieldError(name, f"unknown {bad}; choose from {', '.join(choices)}")
+    if len(set(values)) != len(values):
+        raise FieldError(name, f"repeats a value: {list(values)}")
+
+
+def _positive_or_none(spec: object, *names: str) -> None:
+    for name in names:
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise FieldError(name, f"must be a positive int, got {value!r}")
+
+
+def _choice(value: Any, name: str, choices: typing.Sequence[str]) -> None:
+    if value not in choices:
+        raise FieldError(name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -47,19 +111,56 @@ class DatasetSpec:
     ipcs: tuple[int, ...]
     resolution: int | None = None
 
+    def __post_init__(self) -> None:
+        _distinct(self.ipcs, "ipcs", minimum=1)
+        _positive_or_none(self, "resolution")
+
+
+def _plain(value: Any) -> Any:
+    """A YAML option value in one hashable-where-possible shape: lists become tuples, mappings
+    dicts with sorted keys (numbers stay as written; cell identity canonicalises them)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
 
 @dataclass(frozen=True)
 class CondenserSpec:
-    label: str  # the name in tables ("iem-na"); ``method`` is the registered condenser
-    method: str
+    """A condenser of the grid: ``label`` names it in tables ("iem-na"); ``method`` is the
+    registered condenser (default: the label) built with ``options`` (nested mappings update
+    the nested configs' defaults). Built once here, so a bad option fails at read time."""
+
+    label: str
+    method: str = ""
     options: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.method or self.label)
+        options = self.options.items() if isinstance(self.options, Mapping) else self.options
+        object.__setattr__(self, "options", tuple(sorted((k, _plain(v)) for k, v in options)))
+        if self.method == WHOLE:
+            if self.options:
+                raise FieldError("options", "the whole train split takes no options")
+            return
+        if self.method not in CONDENSERS:
+            raise FieldError("method", f"unknown condenser {self.method!r}; choose from "
+                             f"{', '.join([*CONDENSERS.names(), WHOLE])}")
+        try:
+            self.build()
+        except (TypeError, ValueError) as e:
+            raise FieldError("options", str(e)) from None
 
-@dataclass(frozen=True)
-class BudgetSpec:
-    iterations: int | None = None
-    seconds: float | None = None
-    snapshots: tuple[int, ...] = ()
+    def option_dict(self) -> dict[str, Any]:
+        """The options as the grid gave them (nested mappings with sorted keys)."""
+        return dict(self.options)
+
+    def build(self) -> Condenser | None:
+        """The configured condenser (None for the whole train split)."""
+        if self.method == WHOLE:
+            return None
+        return build_condenser(self.method, **self.option_dict())
 
 
 @dataclass(frozen=True)
@@ -73,6 +174,16 @@ class JudgeSpec:
     # fixed-epoch protocol does; None keeps the recipe's (a step budget: equal compute)
     epochs: int | None = None
     whole_epochs: int | None = None  # epochs for the whole train split
+    batch_size: int | None = None  # both kinds of set; None keeps the recipe's
+
+    def __post_init__(self) -> None:
+        _choice(self.recipe, "recipe", tuple(RECIPES))
+        _positive_or_none(self, "steps", "epochs", "whole_epochs", "batch_size")
+
+    def overrides(self, *, whole: bool) -> dict[str, int]:
+        """The overrides that apply to a whole-split judge or to a condensed set's."""
+        names = ("whole_epochs", "batch_size") if whole else ("steps", "epochs", "batch_size")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 @dataclass(frozen=True)
@@ -83,18 +194,48 @@ class Experiment:
     metric: str
     datasets: tuple[DatasetSpec, ...]
     condensers: tuple[CondenserSpec, ...]
-    bits: tuple[int, ...]
-    hash_methods: tuple[str, ...]
-    tasks: tuple[str, ...]
-    seeds: tuple[int, ...]
-    budgets: tuple[tuple[str, BudgetSpec], ...] = ()
+    bits: tuple[int, ...] = (32,)
+    hash_methods: tuple[str, ...] = ("dhd",)
+    tasks: tuple[str, ...] = ("retrieval",)
+    seeds: tuple[int, ...] = (0,)
+    # a condenser label (or "default") -> its budget; a budget without iterations runs the
+    # condenser's reference iteration count (within the seconds, if given)
+    budgets: tuple[tuple[str, Budget], ...] = ()
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     precision: str = "auto"
     compile: str = "auto"
     split_seed: int = 0
+    protocol: str = "test"
+    report: tuple[str, ...] = ()  # the report's sections, in order; empty: the report decides
 
-    def budget_for(self, label: str) -> BudgetSpec | None:
-        """The condenser's budget: its own entry, else ``default``, else its built-in one."""
+    def __post_init__(self) -> None:
+        _choice(self.profile, "profile", PROFILES)
+        if not self.datasets:
+            raise FieldError("datasets", "must name at least one dataset")
+        if not self.condensers:
+            raise FieldError("condensers", "must name at least one condenser")
+        labels = [c.label for c in self.condensers]
+        if len(set(labels)) != len(labels):
+            raise FieldError("condensers", f"labels repeat: {labels}")
+        _distinct(self.bits, "bits", minimum=1)
+        _distinct(self.hash_methods, "hash_methods", choices=HASH_METHODS.names())
+        _distinct(self.tasks, "tasks", choices=TASKS)
+        _distinct(self.seeds, "seeds", minimum=0)
+        strays = sorted({label for label, _ in self.budgets} - {"default", *labels})
+        if strays:
+            raise FieldError("budgets", f"for unknown condenser label(s) {strays}; labels: "
+                             f"{labels} (or 'default')")
+        _choice(self.precision, "precision", PRECISIONS)
+        _choice(self.compile, "compile", COMPILE_MODES)
+        _choice(self.protocol, "protocol", PROTOCOLS)
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) \
+                or self.split_seed < 0:
+            raise FieldError("split_seed", f"must be an integer >= 0, got {self.split_seed!r}")
+        if self.report:
+            _distinct(self.report, "report", choices=report_sections())
+
+    def budget_for(self, label: str) -> Budget | None:
+        """The condenser's budget: its own entry, else ``default``, else None (its own)."""
         table = dict(self.budgets)
         return table.get(label, table.get("default"))
 
@@ -110,6 +251,136 @@ class Experiment:
                 if cond.method == WHOLE:
                     yield seed, ds, min(ds.ipcs), cond
 
+
+def report_sections() -> tuple[str, ...] | None:
+    """The report's section names, where the report declares them (``SECTIONS``); None
+    accepts any name."""
+    from . import report
+
+    sections = getattr(report, "SECTIONS", None)
+    return None if sections is None else tuple(sections.names())
+
+
+# -- building specs from YAML --------------------------------------------------------------
+
+def _join(where: str, name: object) -> str:
+    return f"{where}.{name}" if where else str(name)
+
+
+def _fail(where: str, message: str) -> ValueError:
+    return ValueError(f"{where}: {message}" if where else message)
+
+
+def from_mapping(cls: type[T], mapping: Any, where: str = "", **fixed: Any) -> T:
+    """``cls`` (a spec dataclass) from a YAML mapping, converted by the fields' type hints:
+    lists become tuples (a single value a 1-tuple), integral floats ints, nested spec
+    dataclasses are built the same way, a mapping given for a tuple of (name, spec) pairs
+    becomes those pairs, and a tuple of keyed specs (whose first field is their name) is
+    given as ``{name: {fields}}`` or a list of names and ``{name: {fields}}``. ``fixed``
+    fields come from the caller, not the file. Unknown keys are refused, naming the key and the
+    known ones; ``cls``'s own checks then run, and every error names its path (``where``)."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise _fail(where, f"must be a mapping, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.init and f.name not in fixed}
+    unknown = sorted(str(k) for k in mapping if k not in known)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}; known: {', '.join(known)}")
+    values = dict(fixed)
+    for name, value in mapping.items():
+        if value is None and not _optional(hints[name]) and _has_default(known[name]):
+            continue  # an empty YAML value: the default
+        values[name] = _convert(hints[name], value, _join(where, name))
+    missing = [n for n, f in known.items() if n not in values and not _has_default(f)]
+    if missing:
+        raise _fail(where, f"needs {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except FieldError as e:
+        raise ValueError(f"{_join(where, e.name)}: {e.message}") from None
+    except ValueError as e:
+        raise _fail(where, str(e)) from None
+
+
+def _optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and \
+        type(None) in typing.get_args(hint)
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner, = (a for a in args if a is not type(None))
+        return _convert(inner, value, where)
+    if hint is Any:
+        return _plain(value)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_mapping(hint, value, where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _convert_items(args[0], value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _fail(where, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        value = canonical_number(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(where, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(where, f"must be a number, got {value!r}")
+        return canonical_number(value)
+    if hint is str:
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            value = "on" if value else "off"
+        if not isinstance(value, str):
+            raise _fail(where, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"from_mapping cannot convert to {hint!r} ({where})")
+
+
+def _convert_items(item: Any, value: Any, where: str) -> tuple:
+    """A ``tuple[item, ...]`` field's value (see :func:`from_mapping`)."""
+    pair = typing.get_origin(item) is tuple and len(typing.get_args(item)) == 2 \
+        and typing.get_args(item)[1] is not Ellipsis
+    keyed = dataclasses.is_dataclass(item)
+    if isinstance(value, Mapping) and (pair or keyed):
+        entries = list(value.items())
+    elif isinstance(value, (list, tuple)) and keyed:
+        entries = []
+        for entry in value:
+            if isinstance(entry, str):
+                entries.append((entry, {}))
+            elif isinstance(entry, Mapping) and len(entry) == 1:
+                entries.append(next(iter(entry.items())))
+            elif isinstance(entry, item):
+                entries.append((None, entry))
+            else:
+                raise _fail(where, f"an entry is a name or {{name: {{fields}}}}, got {entry!r}")
+    elif isinstance(value, Mapping):
+        raise _fail(where, f"must be a list, got {value!r}")
+    else:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_convert(item, v, where) for v in items)
+    if pair:
+        key_hint, value_hint = typing.get_args(item)
+        return tuple((_convert(key_hint, k, where), _convert(value_hint, v, _join(where, k)))
+                     for k, v in entries)
+    key = fields(item)[0].name
+    return tuple(v if k is None else from_mapping(item, v, _join(where, k), **{key: str(k)})
+                 for k, v in entries)
+
+
+# -- grids ---------------------------------------------------------------------------------
 
 def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
     """``exp`` on the named datasets only (e.g. the CIFAR-10 part of Table I)."""
@@ -130,201 +401,64 @@ def cap_condense_seconds(exp: Experiment, seconds: float) -> Experiment:
     labels = {"default", *(c.label for c in exp.condensers)}
     capped = {}
     for label in labels:
-        spec = budgets.get(label, budgets.get("default")) or BudgetSpec()
-        limit = _canonical(seconds if spec.seconds is None else min(spec.seconds, seconds))
+        spec = budgets.get(label, budgets.get("default")) or Budget()
+        limit = canonical_number(seconds if spec.seconds is None else min(spec.seconds, seconds))
         capped[label] = dataclasses.replace(spec, seconds=limit)
     return dataclasses.replace(exp, budgets=tuple(sorted(capped.items())))
-
-
-def _err(source: str, msg: str) -> ValueError:
-    return ValueError(f"{source}: {msg}")
-
-
-def _ints(value: Any, key: str, source: str) -> tuple[int, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                            for v in items):
-        raise _err(source, f"{key} must be a non-empty list of integers >= 0, got {value!r}")
-    if len(set(items)) != len(items):
-        raise _err(source, f"{key} repeats a value: {value!r}")
-    return tuple(items)
-
-
-def _strs(value: Any, key: str, source: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) for v in items):
-        raise _err(source, f"{key} must be a non-empty list of names, got {value!r}")
-    if len(set(items)) != len(items):
-        raise _err(source, f"{key} repeats a value: {value!r}")
-    return tuple(items)
-
-
-def _choice(value: Any, key: str, choices: tuple[str, ...], source: str) -> str:
-    if value is False:  # YAML reads a bare `off` as false
-        value = "off"
-    if value not in choices:
-        raise _err(source, f"{key} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, source: str, kind: type = float) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            kind is int and not isinstance(value, int)) or value < 0:
-        raise _err(source, f"{key} must be a non-negative {kind.__name__}, got {value!r}")
-    return _canonical(value)
-
-
-def _canonical(value: float) -> float:
-    """300.0 -> 300: numbers enter cell hashes, so one quantity must have one spelling."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _record(cls: type, value: Any, key: str, source: str):
-    if not isinstance(value, Mapping):
-        raise _err(source, f"{key} must be a mapping, got {value!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise _err(source, f"{key}: unknown field(s) {unknown}; known: {sorted(known)}")
-    return value
-
-
-def _datasets(value: Any, source: str) -> tuple[DatasetSpec, ...]:
-    if not isinstance(value, Mapping) or not value:
-        raise _err(source, f"datasets must be a mapping name -> {{ipcs: [...]}}, got {value!r}")
-    out = []
-    for name, spec in value.items():
-        if not isinstance(spec or {}, Mapping):
-            raise _err(source, f"datasets.{name} must be a mapping like {{ipcs: [1, 10]}}, "
-                       f"got {spec!r}")
-        spec = _record(DatasetSpec, {**(spec or {}), "name": name}, f"datasets.{name}", source)
-        if "ipcs" not in spec:
-            raise _err(source, f"datasets.{name}: needs ipcs")
-        ipcs = _ints(spec["ipcs"], f"datasets.{name}.ipcs", source)
-        if min(ipcs) < 1:
-            raise _err(source, f"datasets.{name}.ipcs must be >= 1, got {list(ipcs)}")
-        out.append(DatasetSpec(name=_dataset_name(name, source), ipcs=ipcs,
-                               resolution=spec.get("resolution")))
-    return tuple(out)
 
 
 def _dataset_name(name: str, source: str) -> str:
     """A built-in protocol as is; your own collection (or protocol file) as an absolute path,
     a relative one taken from the grid file's folder, so a grid runs from any directory."""
-    from ..data import PROTOCOLS
+    from ..data import PROTOCOLS as DATA_PROTOCOLS
 
-    if name in PROTOCOLS:
+    if name in DATA_PROTOCOLS:
         return name
     path = Path(name).expanduser()
     if not path.is_absolute() and Path(source).is_file():
         path = Path(source).parent / path
     if not path.exists():
-        raise _err(source, f"datasets.{name}: neither a built-in protocol "
-                   f"({', '.join(PROTOCOLS)}) nor an existing folder, .zip, manifest or "
-                   "protocol .yaml")
+        raise ValueError(f"datasets.{name}: neither a built-in protocol "
+                         f"({', '.join(DATA_PROTOCOLS)}) nor an existing folder, .zip, manifest "
+                         "or protocol .yaml")
     return str(path.resolve())
 
 
-def _condensers(value: Any, source: str) -> tuple[CondenserSpec, ...]:
-    if not isinstance(value, list) or not value:
-        raise _err(source, f"condensers must be a non-empty list, got {value!r}")
-    out = []
-    for item in value:
-        if isinstance(item, str):
-            out.append(CondenserSpec(item, item))
-        elif isinstance(item, Mapping) and len(item) == 1:
-            (label, spec), = item.items()
-            spec = _record(CondenserSpec, spec or {}, f"condensers.{label}", source)
-            options = spec.get("options") or {}
-            if not isinstance(options, Mapping):
-                raise _err(source, f"condensers.{label}.options must be a mapping")
-            out.append(CondenserSpec(label, spec.get("method", label),
-                                     tuple(sorted(options.items()))))
-        else:
-            raise _err(source, f"a condenser is a name or {{label: {{method, options}}}}, "
-                       f"got {item!r}")
-    labels = [c.label for c in out]
-    if len(set(labels)) != len(labels):
-        raise _err(source, f"condenser labels repeat: {labels}")
-    return tuple(out)
-
-
-def _budgets(value: Any, source: str) -> tuple[tuple[str, BudgetSpec], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, Mapping):
-        raise _err(source, f"budgets must be a mapping condenser -> budget, got {value!r}")
-    out = []
-    for label, spec in value.items():
-        spec = _record(BudgetSpec, spec or {}, f"budgets.{label}", source)
-        snapshots = _ints(spec["snapshots"], f"budgets.{label}.snapshots", source) \
-            if spec.get("snapshots") else ()
-        out.append((label, BudgetSpec(
-            _number(spec.get("iterations"), f"budgets.{label}.iterations", source, int),
-            _number(spec.get("seconds"), f"budgets.{label}.seconds", source),
-            tuple(sorted(snapshots)))))
-    return tuple(out)
+TOP_LEVEL = ("name", "description", "metric", "grid", "profiles")
 
 
 def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<experiment>"
                      ) -> Experiment:
-    """Validate a YAML document and resolve ``profile`` into a concrete grid."""
+    """Validate a YAML document and resolve ``profile`` into a concrete grid; every error is
+    one line starting with ``source``."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    try:
+        return _parse(doc, profile, source)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def _parse(doc: Mapping[str, Any], profile: str, source: str) -> Experiment:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("grid"), Mapping):
-        raise _err(source, "needs a top-level 'grid' mapping")
-    top = sorted(set(doc) - {"name", "description", "metric", "grid", "profiles"})
+        raise ValueError("needs a top-level 'grid' mapping")
+    top = sorted(set(doc) - set(TOP_LEVEL))
     if top:
-        raise _err(source, f"unknown top-level key(s) {top}; known: name, description, "
-                   "metric, grid, profiles")
+        raise ValueError(f"unknown top-level key(s) {top}; known: {', '.join(TOP_LEVEL)}")
     profiles = doc.get("profiles") or {}
     if not isinstance(profiles, Mapping) or sorted(set(profiles) - set(PROFILES)):
-        raise _err(source, f"profiles must be a mapping with keys among {list(PROFILES)}, got "
-                   f"{list(profiles) if isinstance(profiles, Mapping) else profiles!r}")
+        raise ValueError(f"profiles must be a mapping with keys among {list(PROFILES)}, got "
+                         f"{list(profiles) if isinstance(profiles, Mapping) else profiles!r}")
     overrides = profiles.get(profile) or {}
     if not isinstance(overrides, Mapping):
-        raise _err(source, f"profiles.{profile} must be a mapping of grid keys")
-    grid = {**doc["grid"], **overrides}
-    known = {"datasets", "condensers", "bits", "hash_methods", "tasks", "seeds", "budgets",
-             "judge", "precision", "compile", "split_seed"}
-    unknown = sorted(set(grid) - known)
-    if unknown:
-        raise _err(source, f"unknown grid key(s) {unknown}; known: {sorted(known)}")
-    tasks = _strs(grid.get("tasks", ["retrieval"]), "tasks", source)
-    bad = sorted(set(tasks) - set(TASKS))
-    if bad:
-        raise _err(source, f"unknown task(s) {bad}; choose from {list(TASKS)}")
-    judge = _record(JudgeSpec, grid.get("judge") or {}, "judge", source)
-    for key in ("steps", "epochs", "whole_epochs"):
-        value = judge.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise _err(source, f"judge.{key} must be a positive int, got {value!r}")
-    condensers = _condensers(grid.get("condensers"), source)
-    budgets = _budgets(grid.get("budgets"), source)
-    strays = sorted({label for label, _ in budgets} - {"default", *(c.label for c in condensers)})
-    if strays:
-        raise _err(source, f"budgets for unknown condenser label(s) {strays}; labels: "
-                   f"{[c.label for c in condensers]} (or 'default')")
-    return Experiment(
-        name=str(doc.get("name", Path(source).stem)),
-        profile=profile,
-        description=str(doc.get("description", "")),
-        metric=str(doc.get("metric", "mAP@1000")),
-        datasets=_datasets(grid.get("datasets"), source),
-        condensers=condensers,
-        bits=_ints(grid.get("bits", [32]), "bits", source),
-        hash_methods=_strs(grid.get("hash_methods", ["dhd"]), "hash_methods", source),
-        tasks=tasks,
-        seeds=_ints(grid.get("seeds", [0]), "seeds", source),
-        budgets=budgets,
-        judge=JudgeSpec(**judge),
-        precision=_choice(grid.get("precision", "auto"), "precision", PRECISIONS, source),
-        compile=_choice(grid.get("compile", "auto"), "compile", COMPILES, source),
-        split_seed=int(grid.get("split_seed", 0)),
-    )
+        raise ValueError(f"profiles.{profile} must be a mapping of grid keys")
+    exp = from_mapping(Experiment, {**doc["grid"], **overrides}, "",
+                       name=str(doc.get("name", Path(source).stem)), profile=profile,
+                       description=str(doc.get("description", "")),
+                       metric=str(doc.get("metric", "mAP@1000")))
+    datasets = tuple(dataclasses.replace(d, name=_dataset_name(d.name, source))
+                     for d in exp.datasets)
+    return dataclasses.replace(exp, datasets=datasets)
 
 
 def builtin_experiments() -> list[str]:

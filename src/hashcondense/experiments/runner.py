@@ -54,7 +54,7 @@ from ..recipes import training_recipe
 from ..records import atomic_write_text, machine_info, versions, write_json
 from ..retrieval.metrics import precision_recall_curve
 from ..synthetic import SyntheticSet
-from .grid import WHOLE, BudgetSpec, CondenserSpec, DatasetSpec, Experiment
+from .grid import WHOLE, CondenserSpec, DatasetSpec, Experiment
 from .sharding import Shard, file_lock
 from .store import ResultStore, config_hash
 
@@ -89,7 +89,7 @@ class RunSummary:
     condensed: list[str] = dataclasses.field(default_factory=list)  # set keys condensed here
 
 
-def _budget(spec: BudgetSpec | None, condenser: Any) -> Budget | None:
+def _budget(spec: Budget | None, condenser: Any) -> Budget | None:
     if spec is None:
         return None
     iterations = spec.iterations  # None: the condenser's own (reference) iteration count
@@ -144,7 +144,7 @@ class ExperimentRunner:
         return dataclasses.replace(config, precision=self.exp.precision,
                                    compile=self.exp.compile)
 
-    def budget_spec(self, cond: CondenserSpec) -> BudgetSpec | None:
+    def budget_spec(self, cond: CondenserSpec) -> Budget | None:
         """The grid's budget for ``cond`` if it takes one: iterative condensers expose
         ``iterations``; coresets and the whole set ignore budgets, so a budget must not change
         their identity."""
