@@ -3,6 +3,7 @@
 import pytest
 
 from hashcondense.experiments import ResultStore, config_hash
+from hashcondense.experiments.store import canonical
 from hashcondense.recipes import RECIPES, training_recipe
 
 
@@ -13,6 +14,13 @@ def test_config_hash_ignores_key_order_and_sees_every_value():
     assert config_hash(a) != config_hash({**a, "bits": 64})
     assert config_hash(a) != config_hash({**a, "nested": {"lr": 1.0, "f": 3}})
     assert len(config_hash(a)) == 16
+
+
+def test_canonical_gives_one_quantity_one_spelling():
+    assert canonical({"b": (300.0, 2.5), "a": {"lr": 1.0}}) == {"b": [300, 2.5],
+                                                                 "a": {"lr": 1}}
+    assert config_hash(canonical({"s": 300.0})) == config_hash(canonical({"s": 300}))
+    assert repr(canonical(1.0)) == "1" and canonical(True) is True
 
 
 def test_store_marks_cells_done_and_appends(tmp_path):

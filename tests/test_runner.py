@@ -3,13 +3,17 @@ smoke profile of every shipped experiment (the CI run of each experiment)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -193,6 +197,179 @@ def test_dataset_filter_and_condensation_time_cap():
     assert cap_condense_seconds(capped, 600).budget_for("dsa").seconds == 120
     with pytest.raises(ValueError, match="positive"):
         cap_condense_seconds(exp, 0)
+
+
+# -- cell identity -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """A registered condenser for identity tests (never condenses)."""
+
+    iterations: int = 5
+    lr: float = 1.0
+    name: str = "probe"
+    algorithm_version: ClassVar[int] = 1
+    iterative: ClassVar[bool] = True
+
+    def with_runtime(self, runtime):
+        return self
+
+    def condense(self, *args, **kwargs):
+        raise AssertionError("identity only")
+
+
+@dataclass(frozen=True)
+class GrownProbe(Probe):
+    knob: int = 3  # a field the condenser gained later, with a default
+
+
+PROBE = {"datasets": {"cifar10": {"ipcs": [1]}}, "condensers": ["probe"],
+         "judge": {"recipe": "cpu"}}
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Keys without loading data: every dataset is one fixed split."""
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    split = SimpleNamespace(fingerprint=lambda: "f" * 64, train=SimpleNamespace(resolution=32))
+    monkeypatch.setattr(ExperimentRunner, "split", lambda self, ds: (split, None))
+
+
+def probe_keys(tmp_path: Path, **grid) -> tuple[str, frozenset[str]]:
+    cells = plan(parse_experiment({"grid": {**PROBE, **grid}}, "paper"), tmp_path)
+    return cells[0][0].condense_key, frozenset(c.key for c, _ in cells)
+
+
+def test_identity_is_what_the_grid_says_not_the_condensers_repr(tmp_path, monkeypatch, no_data):
+    from hashcondense.condense import CONDENSERS
+
+    monkeypatch.setitem(CONDENSERS._items, "probe", Probe)
+    base = probe_keys(tmp_path)
+    monkeypatch.setitem(CONDENSERS._items, "probe", GrownProbe)
+    assert probe_keys(tmp_path) == base  # a new field with a default re-keys nothing
+    assert probe_keys(tmp_path, compile="on") == base  # compile: how it runs, not what
+    assert probe_keys(tmp_path, budgets={"default": {"iterations": 5}}) == base  # = reference
+    assert probe_keys(tmp_path, condensers=[{"probe": {"options": {"lr": 2}}}]) == probe_keys(
+        tmp_path, condensers=[{"probe": {"options": {"lr": 2.0}}}])  # one number, one key
+    changed = [probe_keys(tmp_path, condensers=[{"probe": {"options": {"lr": 2.0}}}]),
+               probe_keys(tmp_path, precision="bf16"),
+               probe_keys(tmp_path, budgets={"default": {"iterations": 6}}),
+               probe_keys(tmp_path, budgets={"probe": {"seconds": 60}})]
+    monkeypatch.setattr(Probe, "algorithm_version", 2)
+    changed.append(probe_keys(tmp_path))
+    for ckey, keys in changed:
+        assert ckey != base[0] and keys.isdisjoint(base[1])
+    assert len({ckey for ckey, _ in changed}) == len(changed)
+    monkeypatch.setattr(Probe, "algorithm_version", 1)
+    # the judge's words re-key the judged cells, never the set
+    for judged in (probe_keys(tmp_path, judge={"recipe": "cpu", "batch_size": 64}),
+                   probe_keys(tmp_path, judge={"recipe": "cpu", "steps": 7}),
+                   probe_keys(tmp_path, judge={"recipe": "paper"}),
+                   probe_keys(tmp_path, protocol="validation")):
+        assert judged[0] == base[0] and judged[1].isdisjoint(base[1])
+    # coresets take no budget: it never enters their identity
+    rnd = {**PROBE, "condensers": ["random"]}
+    assert probe_keys(tmp_path, **rnd) == probe_keys(
+        tmp_path, **rnd, budgets={"default": {"iterations": 9}})
+
+
+def test_judge_batch_size_reaches_both_kinds_of_set(tmp_path):
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    path = tmp_path / "batch.yaml"
+    path.write_text(TINY.replace("judge: {recipe: smoke}", "judge: {recipe: smoke, batch_size: 7}"))
+    runner = ExperimentRunner(load_experiment(path, "smoke"), tmp_path / "out", progress=False)
+    assert runner.train_config(whole=False).batch_size == 7
+    assert runner.train_config(whole=True).batch_size == 7
+
+
+# -- records -------------------------------------------------------------------------------
+
+RECORD_FIELDS = {"cell", "dataset", "resolution", "condenser", "method", "options", "ipc",
+                 "seed", "task", "hash_method", "bits", "metric", "value", "judge", "budget",
+                 "condense_seconds", "train_seconds", "encode_seconds", "profile", "machine",
+                 "versions", "protocol", "protocol_fingerprint"}
+OPTIONAL_FIELDS = {"experiment", "run_id", "condense_cell", "iteration", "iterations",
+                   "backbone", "precision", "algorithm_version", "finished_at"}
+
+VALIDATION_GRID = """
+name: val
+grid:
+  datasets: {digits: {ipcs: [2], resolution: 8}}
+  condensers: [whole, random, {dm: {options: {matching: {batch_real: 8}}}}]
+  bits: [16]
+  tasks: [retrieval, classification]
+  budgets: {default: {iterations: 2}}
+  judge: {recipe: smoke}
+  precision: fp32
+  compile: "off"
+  protocol: validation
+"""
+
+
+def test_validation_grids_judge_on_the_database_carve_and_records_carry_every_field(
+        tmp_path, monkeypatch):
+    from hashcondense.data import make_split
+    from hashcondense.experiments import runner as runner_module
+    from hashcondense.experiments.grid import VALIDATION_SPLIT
+    from hashcondense.recipes import training_recipe
+
+    judged = []
+    real_judge = runner_module.judge
+
+    def spying_judge(images, labels, split, *args, **kwargs):
+        judged.append(split)
+        return real_judge(images, labels, split, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "judge", spying_judge)
+    path = tmp_path / "val.yaml"
+    path.write_text(VALIDATION_GRID)
+    exp = load_experiment(path, "paper")
+    out = tmp_path / "out"
+    run_experiment(exp, out, progress=False)
+    rows = read_jsonl(out / "results.jsonl")
+
+    test_split = make_split("digits", seed=0, resolution=8)
+    validation = test_split.validation(**VALIDATION_SPLIT)
+    assert judged and {s.fingerprint() for s in judged} == {validation.fingerprint()}
+    queries = judged[0].query_index
+    assert set(queries).isdisjoint(test_split.query_index)  # never the protocol's queries
+    assert set(queries) <= set(test_split.database_index) - set(test_split.train_index)
+    assert {r["protocol"] for r in rows} == {"validation"}
+    assert {r["protocol_fingerprint"] for r in rows} == {validation.fingerprint()}
+    assert validation.fingerprint() != test_split.fingerprint()
+    # the condensed sets are the test protocol's (same train split); the cells are not
+    test_exp = dataclasses.replace(exp, protocol="test")
+    test_cells = {(c.condenser.label, c.task): c for c, _ in plan(test_exp, out)}
+    for r in rows:
+        twin = test_cells[(r["condenser"], r["task"])]
+        assert r["condense_cell"] == twin.condense_key and r["cell"] != twin.key
+
+    assert {r["condenser"] for r in rows} == {"whole", "random", "dm"}
+    assert {r["task"] for r in rows} == {"retrieval", "classification"}
+    for r in rows:
+        assert RECORD_FIELDS <= set(r), sorted(RECORD_FIELDS - set(r))
+        assert set(r) <= RECORD_FIELDS | OPTIONAL_FIELDS, sorted(
+            set(r) - RECORD_FIELDS - OPTIONAL_FIELDS)
+        whole = r["method"] == "whole"
+        recipe = training_recipe("smoke", whole=whole)
+        assert set(r["judge"]) == {"recipe", "steps", "batch_size", "epochs"}
+        assert r["judge"]["recipe"] == "smoke" and r["judge"]["steps"] >= 1
+        assert r["judge"]["batch_size"] == recipe.batch_size
+        assert r["judge"]["epochs"] == (recipe.epochs if whole else None)
+        assert r["ipc"] == (None if whole else 2)
+        assert isinstance(r["machine"], str) and r["machine"]
+        assert {"hashcondense", "python", "torch", "numpy"} <= set(r["versions"])
+        assert 0 <= r["value"] <= 1
+    by = {r["condenser"]: r for r in rows}
+    assert by["whole"]["budget"] is None and by["random"]["budget"] is None
+    assert by["dm"]["budget"] == {"iterations": 2, "seconds": None, "snapshots": []}
+    assert by["dm"]["options"] == {"matching": {"batch_real": 8}} and by["random"]["options"] == {}
+    assert by["dm"]["algorithm_version"] == 2 and by["random"]["algorithm_version"] == 1
+    assert "algorithm_version" not in by["whole"]
+    spec = json.loads((out / "run.json").read_text())["spec"]
+    assert spec["protocol"] == "validation" and spec["report"] == []
 
 
 # -- running and resuming ------------------------------------------------------------------

@@ -1,11 +1,21 @@
 """Run an experiment grid: condense each (dataset, condenser, ipc, seed) once, judge every set
 with every (task, hashing method, bits), append each finished cell to the result store.
 
-Cells are identified by content hashes of their full config (never by position or name), so:
-an interrupted grid — killed or not — resumes where it stopped and never recomputes a finished
+Cells are identified by content hashes of their config (never by position or name), so: an
+interrupted grid — killed or not — resumes where it stopped and never recomputes a finished
 cell; a synthetic set is condensed once and reused across bit lengths, hashing methods, tasks
 and experiments (the set cache is keyed the same way, and shared); and two experiments that ask
 for the same set get the same set.
+
+The identity is explicit, never a repr (see :func:`condense_identity`, :func:`judge_identity`):
+a set is its data (dataset, resolution, split fingerprint), ipc, seed, the condenser's method,
+``algorithm_version``, the options the grid gave and the precision, and — for iterative
+condensers — the budget; a judged cell adds the set version, task, hashing method, bits,
+backbone and the judge as the grid gives it (recipe name, overrides, precision, protocol).
+``compile`` is in neither: it decides how the same maths runs (its kernels may round
+differently in the last bits; results are treated as equal). A new condenser or ``TrainConfig``
+field with a default therefore re-keys nothing; a change to a condenser's numbers must bump its
+``algorithm_version``, and a change to a shipped judge recipe's numbers must rename it.
 
 Outputs of ``results_dir``: ``results.jsonl`` (one record per cell and metric, written
 atomically), ``run.json`` (spec, versions, machine, protocols), ``curves/<cell>.json``
@@ -37,16 +47,15 @@ from ..classification import ClassificationConfig, evaluate_classification
 from ..condense import (
     Budget,
     Checkpointing,
+    Condenser,
     Execution,
-    build_condenser,
+    Runtime,
     check_ipc,
     checkpoint,
-    with_runtime,
 )
 from ..condense.driver import parse_every
 from ..data import RetrievalSplit, make_split
 from ..evaluation import JudgeConfig, judge
-from ..hashing import HASH_METHODS
 from ..hashing.trainer import TrainConfig
 from ..models import default_backbone
 from ..normalization import Normalization
@@ -54,9 +63,9 @@ from ..recipes import training_recipe
 from ..records import atomic_write_text, machine_info, versions, write_json
 from ..retrieval.metrics import precision_recall_curve
 from ..synthetic import SyntheticSet
-from .grid import WHOLE, CondenserSpec, DatasetSpec, Experiment
+from .grid import VALIDATION_SPLIT, WHOLE, CondenserSpec, DatasetSpec, Experiment, JudgeSpec
 from .sharding import Shard, file_lock
-from .store import ResultStore, config_hash
+from .store import ResultStore, canonical, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +98,54 @@ class RunSummary:
     condensed: list[str] = dataclasses.field(default_factory=list)  # set keys condensed here
 
 
-def _budget(spec: Budget | None, condenser: Any) -> Budget | None:
-    if spec is None:
+def resolve_budget(condenser: Condenser | None, spec: Budget | None) -> Budget | None:
+    """The budget a condensation runs under: the grid's, with the condenser's reference
+    iteration count where it gives none; None for condensers that take no budget (coresets, the
+    whole set), so a budget never enters their identity."""
+    if condenser is None or not condenser.iterative:
         return None
-    iterations = spec.iterations  # None: the condenser's own (reference) iteration count
-    if iterations is None:
-        iterations = getattr(condenser, "iterations", None)
-    return Budget(iterations, spec.seconds, spec.snapshots)
+    spec = spec or Budget()
+    if spec.iterations is None:
+        spec = dataclasses.replace(spec, iterations=condenser.iterations)
+    return spec
+
+
+def condense_identity(*, dataset: str, resolution: int, fingerprint: str, ipc: int | None,
+                      seed: int, cond: CondenserSpec, condenser: Condenser | None,
+                      budget: Budget | None, precision: str) -> dict[str, Any]:
+    """What makes a training set what it is (hashed into its cache key and ``condense_cell``).
+    The whole split (``condenser`` None) is its data only."""
+    identity: dict[str, Any] = {
+        "dataset": dataset, "resolution": resolution, "protocol": fingerprint, "ipc": ipc,
+        "seed": seed, "method": cond.method, "hashcondense": __version__,
+    }
+    if condenser is not None:
+        identity.update(algorithm_version=type(condenser).algorithm_version,
+                        options=canonical(cond.option_dict()), precision=precision,
+                        budget=None if budget is None else canonical(asdict(budget)))
+    return identity
+
+
+def judge_identity(judge: JudgeSpec, *, whole: bool, precision: str, protocol: str
+                   ) -> dict[str, Any]:
+    """The judge's part of a cell's identity: the grid's words (recipe name, the overrides
+    that apply, precision, protocol), not the resolved ``TrainConfig``."""
+    return canonical({"recipe": judge.recipe, **judge.overrides(whole=whole),
+                      "precision": precision, "protocol": protocol})
+
+
+def cell_key(condense_key: str, *, iteration: int | None, task: str, hash_method: str | None,
+             bits: int | None, backbone: str, judge: dict[str, Any]) -> str:
+    return config_hash({"condense": condense_key, "iteration": iteration, "task": task,
+                        "hash_method": hash_method, "bits": bits, "backbone": backbone,
+                        "judge": judge})
+
+
+def machine_name() -> str:
+    """The short model string a record carries: the CPU's, plus the GPU's under CUDA."""
+    info = machine_info()
+    name = str(info.get("cpu_model") or info.get("processor") or "unknown")
+    return f"{name} + {info['gpu']}" if info.get("gpu") else name
 
 
 class ExperimentRunner:
@@ -112,25 +162,34 @@ class ExperimentRunner:
         self.store = ResultStore(self.results_dir / RESULTS_FILE)
         self.run_id = uuid.uuid4().hex[:12]
         self._splits: dict[tuple[str, int | None], tuple[RetrievalSplit, Normalization]] = {}
-        for name in exp.hash_methods:  # fail on a bad name before any data is loaded
-            HASH_METHODS.get(name)
-        self._condensers = {c.label: self._build(c) for c in exp.condensers}
+        self._judged: dict[tuple[str, int | None], RetrievalSplit] = {}
+        runtime = Runtime(compile=exp.compile, precision=exp.precision)
+        self._condensers = {c.label: None if c.method == WHOLE else c.build().with_runtime(runtime)
+                            for c in exp.condensers}
         self.condensed: list[str] = []
+        self.machine, self.versions = machine_name(), versions()  # once: the same all run
 
     # -- configuration ------------------------------------------------------------------
-    def _build(self, spec: CondenserSpec) -> Any:
-        if spec.method == WHOLE:
-            return None
-        condenser = build_condenser(spec.method, **dict(spec.options))
-        return with_runtime(condenser, compile=self.exp.compile, precision=self.exp.precision)
-
     def split(self, ds: DatasetSpec) -> tuple[RetrievalSplit, Normalization]:
+        """The protocol's split: condensation (and the normalisation) use its train set."""
         key = (ds.name, ds.resolution)
         if key not in self._splits:
             split = make_split(ds.name, self.data_root, seed=self.exp.split_seed,
                                resolution=ds.resolution)
             self._splits[key] = (split, Normalization.from_images(split.train.images))
         return self._splits[key]
+
+    def judged_split(self, ds: DatasetSpec) -> RetrievalSplit:
+        """The split the judge's queries and database come from: the protocol's test split, or
+        (``protocol: validation``) a validation split carved from its database, never from its
+        query set. The train set is the same either way."""
+        split, _ = self.split(ds)
+        if self.exp.protocol != "validation":
+            return split
+        key = (ds.name, ds.resolution)
+        if key not in self._judged:
+            self._judged[key] = split.validation(**VALIDATION_SPLIT)
+        return self._judged[key]
 
     def train_config(self, whole: bool) -> TrainConfig:
         judge = self.exp.judge
@@ -141,41 +200,29 @@ class ExperimentRunner:
             config = dataclasses.replace(config, min_steps=judge.steps)
         if not whole and judge.epochs is not None:
             config = dataclasses.replace(config, epochs=judge.epochs)
+        if judge.batch_size is not None:
+            config = dataclasses.replace(config, batch_size=judge.batch_size)
         return dataclasses.replace(config, precision=self.exp.precision,
                                    compile=self.exp.compile)
 
-    def budget_spec(self, cond: CondenserSpec) -> Budget | None:
-        """The grid's budget for ``cond`` if it takes one: iterative condensers expose
-        ``iterations``; coresets and the whole set ignore budgets, so a budget must not change
-        their identity."""
-        if not hasattr(self._condensers[cond.label], "iterations"):
-            return None
-        return self.exp.budget_for(cond.label)
+    def budget(self, cond: CondenserSpec) -> Budget | None:
+        """The budget ``cond`` condenses under (None: it takes none); see
+        :func:`resolve_budget`."""
+        return resolve_budget(self._condensers[cond.label], self.exp.budget_for(cond.label))
 
     def condense_key(self, seed: int, ds: DatasetSpec, ipc: int | None,
                      cond: CondenserSpec) -> str:
         split, _ = self.split(ds)
-        budget = self.budget_spec(cond)
-        condenser = self._condensers[cond.label]
-        identity = {
-            "dataset": ds.name, "resolution": split.train.resolution,
-            "protocol": split.fingerprint(), "method": cond.method,
-            "condenser": repr(condenser),
-            "budget": None if budget is None else asdict(budget),
-            "ipc": ipc, "seed": seed, "hashcondense": __version__,
-        }
-        # a condenser whose numbers changed says so (DM/IEM: 2, per-class streams); absent
-        # means the first version, so the keys of every other condenser stay as they were
-        version = getattr(condenser, "algorithm_version", 1)
-        if version != 1:
-            identity["algorithm_version"] = version
-        return config_hash(identity)
+        return config_hash(condense_identity(
+            dataset=ds.name, resolution=split.train.resolution, fingerprint=split.fingerprint(),
+            ipc=ipc, seed=seed, cond=cond, condenser=self._condensers[cond.label],
+            budget=self.budget(cond), precision=self.exp.precision))
 
     def versions_of(self, cond: CondenserSpec, condense_key: str) -> list[int | None]:
         """The set versions judged: each snapshot before the end, then the final set. Coresets
         (no iterations) take no snapshots; a wall-clock budget may end before a snapshot, so
         once a set is condensed, only the snapshots it saved count."""
-        budget = self.budget_spec(cond)
+        budget = self.budget(cond)
         if budget is None:
             return [None]
         limit = budget.iterations
@@ -190,16 +237,17 @@ class ExperimentRunner:
         ckey = self.condense_key(seed, ds, None if whole else ipc, cond)
         split, _ = self.split(ds)
         backbone = default_backbone(split.train.resolution)
-        train = asdict(self.train_config(whole))
+        judge = judge_identity(self.exp.judge, whole=whole, precision=self.exp.precision,
+                               protocol=self.exp.protocol)
         cells = []
         for iteration in self.versions_of(cond, ckey):
             for task in self.exp.tasks:
                 heads = [(h, b) for h in self.exp.hash_methods for b in self.exp.bits] \
                     if task == "retrieval" else [(None, None)]
                 for hash_method, bits in heads:
-                    key = config_hash({"condense": ckey, "iteration": iteration, "task": task,
-                                       "hash_method": hash_method, "bits": bits,
-                                       "backbone": backbone, "train": train})
+                    key = cell_key(ckey, iteration=iteration, task=task,
+                                   hash_method=hash_method, bits=bits, backbone=backbone,
+                                   judge=judge)
                     cells.append(Cell(key, ckey, seed, ds, None if whole else ipc, cond,
                                       iteration, task, hash_method, bits))
         return cells
@@ -243,7 +291,7 @@ class ExperimentRunner:
     def _condense(self, cell: Cell, split: RetrievalSplit, norm: Normalization,
                   folder: Path) -> None:
         condenser = self._condensers[cell.condenser.label]
-        budget = _budget(self.budget_spec(cell.condenser), condenser)
+        budget = self.budget(cell.condenser)
         folder.mkdir(parents=True, exist_ok=True)
         checkpoints = folder / "checkpoints"
         resumed = checkpoint.latest(checkpoints)
@@ -282,7 +330,8 @@ class ExperimentRunner:
 
     def judge_cell(self, cell: Cell, images: torch.Tensor, labels: torch.Tensor,
                    condense_seconds: float, metadata: dict) -> None:
-        split, norm = self.split(cell.dataset)
+        _, norm = self.split(cell.dataset)
+        split = self.judged_split(cell.dataset)
         whole = cell.condenser.method == WHOLE
         train = self.train_config(whole)
         backbone = default_backbone(split.train.resolution)
@@ -304,19 +353,29 @@ class ExperimentRunner:
                 config=ClassificationConfig(backbone=backbone, train=train))
             metrics, steps = {"accuracy": result.accuracy}, result.steps
             train_s, encode_s = result.train_seconds, result.eval_seconds
+        condenser = self._condensers[cell.condenser.label]
+        budget = self.budget(cell.condenser)
         base = {
             "cell": cell.key, "condense_cell": cell.condense_key, "run_id": self.run_id,
             "experiment": self.exp.name, "profile": self.exp.profile,
             "dataset": cell.dataset.name, "resolution": split.train.resolution,
             "condenser": cell.condenser.label, "method": cell.condenser.method,
+            "options": cell.condenser.option_dict(),
             "ipc": cell.ipc, "seed": cell.seed, "iteration": cell.iteration,
             "iterations": metadata.get("iterations"), "condense_seconds": condense_seconds,
+            "budget": None if budget is None else asdict(budget),
             "task": cell.task, "hash_method": cell.hash_method, "bits": cell.bits,
             "backbone": backbone, "train_seconds": train_s, "encode_seconds": encode_s,
-            "judge_steps": steps, "precision": self.exp.precision,
-            **({"algorithm_version": metadata["algorithm_version"]}
-               if "algorithm_version" in metadata else {}),
-            "protocol_fingerprint": split.fingerprint(),
+            "judge": {"recipe": self.exp.judge.recipe, "steps": steps,
+                      "batch_size": train.batch_size,
+                      # epochs bound the whole split's training (and a condensed set's where
+                      # the grid floors them); a step-budgeted set has none
+                      "epochs": train.epochs if whole else self.exp.judge.epochs},
+            "precision": self.exp.precision,
+            **({} if condenser is None
+               else {"algorithm_version": type(condenser).algorithm_version}),
+            "protocol": self.exp.protocol, "protocol_fingerprint": split.fingerprint(),
+            "machine": self.machine, "versions": self.versions,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         self.store.add(cell.key, [{**base, "metric": m, "value": float(v)}
@@ -333,12 +392,14 @@ class ExperimentRunner:
         path = self.results_dir / RUN_FILE
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         protocols = dict(previous.get("protocols", {}))
-        for split, _ in self._splits.values():
-            protocols[split.protocol] = split.describe()
+        for ds in self.exp.datasets:  # the splits judged on
+            if (ds.name, ds.resolution) in self._splits:
+                split = self.judged_split(ds)
+                protocols[split.protocol] = split.describe()
         write_json(path, {
             "experiment": self.exp.name, "profile": self.exp.profile,
             "description": self.exp.description, "metric": self.exp.metric,
-            "spec": asdict(self.exp), "versions": versions(), "machine": machine_info(),
+            "spec": asdict(self.exp), "versions": self.versions, "machine": machine_info(),
             "protocols": protocols, "cache_dir": str(self.cache_dir),
             # the report shows these cells only: results of an earlier config may share the store
             "cells": sorted(cells) if cells is not None else previous.get("cells", []),

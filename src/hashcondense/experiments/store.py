@@ -20,6 +20,18 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def canonical(value: Any) -> Any:
+    """``value`` in the one spelling an identity hashes: integral floats as ints (300.0 and
+    300 are one budget), tuples as lists, mappings with string keys (sorted when hashed)."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class ResultStore:
     """Records carry a ``cell`` field; a cell is done once any record with its hash is stored."""
 
