@@ -22,6 +22,7 @@ from .normalization import Normalization
 from .records import (
     atomic_write_text,
     machine_info,
+    machine_name,
     metric_records,
     versions,
     write_json,
@@ -283,6 +284,7 @@ def demo(out: Path, *, seed: int = 0, config: DemoConfig | None = None,
          TrainConfig(epochs=1, min_steps=config.subset_steps, batch_size=64)),
     ]
     rows, records = [], []
+    machine, code_versions = machine_name(), versions()
     for condenser_name, ipc, images, labels, seconds, train in sets:
         result = judge(images, labels, split, norm, config=JudgeConfig(bits=32, train=train),
                        seed=seed, progress=progress)
@@ -290,11 +292,18 @@ def demo(out: Path, *, seed: int = 0, config: DemoConfig | None = None,
         stored = len(split.train) if ipc is None else ipc * len(split.classes)
         rows.append({"training_set": name, "images": stored, **result.metrics,
                      "condense_seconds": seconds, "train_seconds": result.train_seconds})
-        base = {"dataset": "digits", "condenser": condenser_name, "ipc": ipc, "bits": 32,
-                "hash_method": "dhd", "seed": seed, "condense_seconds": seconds,
-                "train_seconds": result.train_seconds, "profile": "demo",
-                "machine": machine_info().get("cpu_model", ""),
-                "protocol_fingerprint": split.fingerprint()}
+        iem = condenser_name == "iem"
+        base = {"dataset": "digits", "condenser": condenser_name, "method": condenser_name,
+                "options": {"matching": {"batch_real": config.batch_real}} if iem else {},
+                "ipc": ipc, "seed": seed, "task": "retrieval", "hash_method": "dhd", "bits": 32,
+                "judge": {"recipe": "demo", "steps": result.steps,
+                          "batch_size": train.batch_size,
+                          "epochs": train.epochs if ipc is None else None},
+                "budget": {"iterations": config.iterations, "seconds": None, "snapshots": []}
+                if iem else None,
+                "condense_seconds": seconds, "train_seconds": result.train_seconds,
+                "profile": "demo", "machine": machine, "versions": code_versions,
+                "protocol": "test", "protocol_fingerprint": split.fingerprint()}
         records += metric_records(base, result.metrics)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl",
