@@ -19,6 +19,7 @@ from .hashing.checkpoint import load_hashing_model, save_hashing_model
 from .hashing.trainer import TrainConfig, train_hashing_network
 from .models import default_backbone
 from .normalization import Normalization
+from .recipes import condense_budget
 from .records import (
     atomic_write_text,
     machine_info,
@@ -167,6 +168,7 @@ def condense_run(
     out: Path,
     iterations: int | None = None,
     seconds: float | None = None,
+    profile: str = "cpu",
     options: dict[str, Any] | None = None,
     compile: str = "auto",
     progress: bool = True,
@@ -177,6 +179,8 @@ def condense_run(
     """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
     the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``.
 
+    The budget is ``profile``'s (recipes.condense_budget); ``iterations``/``seconds`` override.
+
     ``compile`` reaches condensers that run networks through the shared matching loop;
     ``execution`` says which ranks share the work and where checkpoints go (rank 0 writes
     the outputs; other ranks return ``{"rank": r}``)."""
@@ -184,7 +188,9 @@ def condense_run(
     condenser = with_runtime(condenser, compile=compile)
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
-    budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
+    iterations, seconds = condense_budget(profile, getattr(condenser, "iterations", None),
+                                          iterations=iterations, seconds=seconds)
+    budget = Budget(iterations, seconds)
     spec = resolve_protocol(dataset, **(split_options or {}))
     split = make_split(spec, data_root, seed=split_seed, resolution=resolution,
                        skip_bad_images=skip_bad_images, progress=progress)
@@ -204,7 +210,8 @@ def condense_run(
     _write_skipped(out, split)
     syn_path = syn.save(out / "synthetic")
     preview = syn.export_grid_png(out / "preview.png")
-    record = {**fields, "method": method, "ipc": ipc, "seed": seed,
+    record = {**fields, "method": method, "ipc": ipc, "seed": seed, "profile": profile,
+              "budget": {"iterations": iterations, "seconds": seconds},
               "condense_seconds": seconds_taken, "synthetic": str(syn_path),
               "preview": str(preview), "protocol": split.describe(),
               "condenser": repr(condenser), "metadata": syn.metadata,
