@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from hashcondense.experiments import config_hash
-from hashcondense.experiments import report as report_mod
 from hashcondense.experiments.paper import TABLE1, TABLE2, paper_value
+from hashcondense.experiments.report import common as report_common
 from hashcondense.experiments.report import write_report
 
 PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper-iem.txt"
@@ -422,7 +422,7 @@ def test_dataset_without_the_primary_metric_falls_back_and_claims_no_paper_value
 
 
 def test_report_without_matplotlib_still_writes_tables(full_results, monkeypatch):
-    monkeypatch.setattr(report_mod, "_matplotlib_available", lambda: False)
+    monkeypatch.setattr(report_common, "matplotlib_available", lambda: False)
     written = write_report(full_results)
     assert not [n for n in written if n.endswith(".png")]
     md = (full_results / "report.md").read_text("utf-8")
@@ -463,5 +463,5 @@ def test_importing_the_report_does_not_import_matplotlib():
 
 
 def test_stats_formatting_is_sample_std():
-    assert math.isclose(report_mod._stats([40.0, 42.0, 47.0]).std, math.sqrt(13))
-    assert str(report_mod._stats([40.0])) == "40.00 (1)"
+    assert math.isclose(report_common.stats([40.0, 42.0, 47.0]).std, math.sqrt(13))
+    assert str(report_common.stats([40.0])) == "40.00 (1)"
