@@ -16,7 +16,9 @@ The package is load → sections → render:
   generalisation over hashing methods (``generalisation``, Fig. 4), classification vs
   retrieval (``classification``, Fig. 1), condensation cost (``cost``), precision–recall
   curves (``pr_curves``) and synthetic image grids (``previews``);
-- ``render``: Markdown and HTML.
+- ``render``: Markdown and HTML;
+- ``document``: :func:`update_document` / :func:`document_is_current` for the generated blocks
+  (``<!-- report: PATH sections=a,b -->`` … ``<!-- /report -->``) of a hand-written document.
 
 Which sections a report shows: those run.json's ``spec.report`` names, in its order, when it
 names any; otherwise every section that has data, in :data:`DEFAULT_ORDER`.
@@ -39,6 +41,7 @@ from .load import Context, load_context
 from .sections import DEFAULT_ORDER, build_sections, report_sections, section_names
 
 log = logging.getLogger(__name__)
+
 
 def write_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the figures for one results folder.
