@@ -517,21 +517,27 @@ def test_an_unknown_section_in_spec_report_is_refused_naming_it_and_the_known_on
         section_names({"spec": {"report": ["cost", "cost"]}})
 
 
-def test_ablation_variants_are_found_by_their_options_not_their_labels(tmp_path):
-    """Arbitrary labels; the four switch settings in run.json's spec decide the Table II row,
-    and a non-IEM condenser that happens to be called like a variant stays in Table I."""
+@pytest.mark.parametrize("where", ["spec", "records"])
+def test_ablation_variants_are_found_by_their_options_not_their_labels(tmp_path, where):
+    """Arbitrary labels; the four switch settings — in run.json's spec, or in the records when
+    run.json lists no condensers — decide the Table II row, and a non-IEM condenser that
+    happens to be called like a variant stays in Table I."""
     results = tmp_path / "r"
-    spec = {"condensers": [
+    condensers = [
         {"label": "d", "method": "iem", "options": []},
         {"label": "c", "method": "iem", "options": [["network_aug", False]]},
         {"label": "b", "method": "iem", "options": [["dataset_aug", False]]},
         {"label": "a", "method": "iem",
          "options": [["dataset_aug", False], ["network_aug", False]]},
-        {"label": "iem-none", "method": "dm", "options": []}]}
+        {"label": "iem-none", "method": "dm", "options": []}]
     values = {"a": 0.40, "b": 0.45, "c": 0.55, "d": 0.58, "iem-none": 0.35}
-    _write(results, [_record(condenser=c, method="iem" if c != "iem-none" else "dm", ipc=50,
-                             value=v, experiment="ablation") for c, v in values.items()],
-           _run_json(experiment="ablation", spec=spec))
+    records = []
+    for c in condensers:
+        extra = {"options": dict(c["options"])} if where == "records" else {}
+        records.append(_record(condenser=c["label"], method=c["method"], ipc=50,
+                               value=values[c["label"]], experiment="ablation", **extra))
+    spec = {"condensers": condensers} if where == "spec" else {}
+    _write(results, records, _run_json(experiment="ablation", spec=spec))
     write_report(results)
     md = (results / "report.md").read_text(encoding="utf-8")
     table = _md_tables(_section(md, "Table II"))[0]

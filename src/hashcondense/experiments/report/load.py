@@ -60,6 +60,7 @@ class Record:
     encode_seconds: float
     iterations: int | None = None  # iterations the set's condensation actually ran
     method: str | None = None  # the condenser's method (its label may be anything)
+    options: dict[str, Any] | None = None  # the options the grid gave it (None: not recorded)
 
     @property
     def whole(self) -> bool:
@@ -125,7 +126,8 @@ def load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
             value=100.0 * float(value), condense_seconds=num(r.get("condense_seconds")),
             train_seconds=num(r.get("train_seconds")),
             encode_seconds=num(r.get("encode_seconds")), iterations=r.get("iterations"),
-            method=r.get("method")))
+            method=r.get("method"),
+            options=r["options"] if isinstance(r.get("options"), dict) else None))
     if skipped:
         log.warning("%s: skipped %d records without dataset, metric or a finite value",
                     results, skipped)
@@ -155,10 +157,11 @@ def condenser_kind(method: str, options: Mapping[str, Any]) -> str:
 
 
 def condenser_kinds(records: Iterable[Record], run: Mapping[str, Any]) -> dict[str, str]:
-    """Each condenser label's kind, from run.json's ``spec.condensers`` (label, method,
-    options). A label the spec does not list is its records' method without options; a store
-    whose run.json lists no condensers at all (written before the grid recorded them) keeps
-    the paper's ablation labels (``iem-none``, ``iem-na``, ``iem-da``) as their own kinds."""
+    """Each condenser label's kind, from its method and options: as run.json's
+    ``spec.condensers`` lists them (label, method, options), else as its records carry them.
+    A store that records neither (written before condensers' options were recorded) keeps the
+    paper's ablation labels (``iem-none``, ``iem-na``, ``iem-da``) as their own kinds; any
+    other label there is its method with default options."""
     spec = run.get("spec") if isinstance(run.get("spec"), Mapping) else {}
     listed: dict[str, tuple[str, dict[str, Any]]] = {}
     for c in spec.get("condensers") or ():
@@ -166,18 +169,21 @@ def condenser_kinds(records: Iterable[Record], run: Mapping[str, Any]) -> dict[s
             options = c.get("options") or ()
             options = dict(options.items() if isinstance(options, Mapping) else options)
             listed[str(c["label"])] = (str(c.get("method") or c["label"]), options)
-    methods = {r.condenser: r.method for r in records}
+    recorded: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for r in records:
+        method, options = recorded.get(r.condenser, (r.method or r.condenser, None))
+        recorded[r.condenser] = (method, options if options is not None else r.options)
     kinds: dict[str, str] = {}
-    for label, method in methods.items():
+    for label, (method, options) in recorded.items():
         if label in listed:
             kinds[label] = condenser_kind(*listed[label])
-        elif not listed and label in ABLATION_SWITCHES:
+        elif options is not None:
+            kinds[label] = condenser_kind(method, options)
+        elif label in ABLATION_SWITCHES:
+            log.info("%r: no options recorded; taking the paper's ablation label", label)
             kinds[label] = label
         else:
-            if listed:
-                log.warning("run.json's spec lists no condenser %r; taking it as plain %s",
-                            label, method or label)
-            kinds[label] = condenser_kind(method or label, {})
+            kinds[label] = condenser_kind(method, {})
     return kinds
 
 
