@@ -403,6 +403,20 @@ def test_without_dhd_no_paper_values_are_claimed(tmp_path):
     assert "## Fig. 4" not in md  # one hashing method only
 
 
+def test_validation_protocol_results_claim_no_paper_values(tmp_path):
+    # the paper's numbers are on its test queries; a tuning grid's validation protocol is not
+    results = tmp_path / "r"
+    _write(results, [_record(value=0.5, protocol="validation")], _run_json())
+    write_report(results)
+    md = (results / "report.md").read_text(encoding="utf-8")
+    table = _md_tables(_section(md, "Table I"))[0]
+    assert [r[1] for r in table[2:]] == ["ours"] and "45.32" not in md
+    assert "validation protocol" in md
+    _write(results, [_record(value=0.5)], _run_json())  # the same record on the test queries
+    write_report(results)
+    assert "45.32" in (results / "report.md").read_text(encoding="utf-8")
+
+
 def test_primary_metric_comes_from_run_json(tmp_path):
     results = tmp_path / "r"
     _write(results, _table1_records(), _run_json(metric="mAP@all"))

@@ -209,8 +209,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import write_report
+    from .experiments.report import document_is_current, update_document, write_report
+    from .records import atomic_write_text
 
+    if args.update:
+        doc = Path(args.update)
+        if not doc.is_file():
+            raise FileNotFoundError(f"{doc}: no such document")
+        if args.check:
+            if document_is_current(doc):
+                print(f"{doc} is current")
+                return 0
+            print(f"{doc} is not current: run hashcondense report --update {doc}")
+            return 1
+        text = update_document(doc)
+        changed = text != doc.read_text(encoding="utf-8")
+        if changed:
+            atomic_write_text(doc, text)
+        print(f"{doc}: {'regenerated' if changed else 'already current'}")
+        return 0
+    if args.results_dir is None:
+        raise ValueError("give a results folder, or --update DOC.md")
     files = write_report(Path(args.results_dir), Path(args.out) if args.out else None)
     for name, path in files.items():
         print(f"  {name:>10s}  {path}")
@@ -303,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="Markdown + HTML + PNG figures of an experiment's results")
-    p.add_argument("results_dir", help="folder written by 'hashcondense bench'")
+    p.add_argument("results_dir", nargs="?", help="folder written by 'hashcondense bench'")
     p.add_argument("--out", default=None, help="where to write (default: RESULTS_DIR)")
+    p.add_argument("--update", default=None, metavar="DOC.md",
+                   help="instead, regenerate the '<!-- report: DIR sections=... -->' blocks of a "
+                   "Markdown page from the stores (DIR relative to the current folder)")
+    p.add_argument("--check", action="store_true",
+                   help="with --update: write nothing; exit 1 when the page is not current")
     p.set_defaults(func=cmd_report)
     add_search_commands(sub)
     return parser

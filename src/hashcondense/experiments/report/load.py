@@ -61,6 +61,7 @@ class Record:
     iterations: int | None = None  # iterations the set's condensation actually ran
     method: str | None = None  # the condenser's method (its label may be anything)
     options: dict[str, Any] | None = None  # the options the grid gave it (None: not recorded)
+    protocol: str = "test"  # "validation": carved from the database, not the paper's queries
 
     @property
     def whole(self) -> bool:
@@ -127,7 +128,8 @@ def load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
             train_seconds=num(r.get("train_seconds")),
             encode_seconds=num(r.get("encode_seconds")), iterations=r.get("iterations"),
             method=r.get("method"),
-            options=r["options"] if isinstance(r.get("options"), dict) else None))
+            options=r["options"] if isinstance(r.get("options"), dict) else None,
+            protocol=str(r.get("protocol", "test"))))
     if skipped:
         log.warning("%s: skipped %d records without dataset, metric or a finite value",
                     results, skipped)

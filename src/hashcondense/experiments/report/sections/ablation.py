@@ -27,7 +27,7 @@ def ablation(ctx: Context) -> Section | None:
         return None
     hm = ctx.paper_hash(r for r in rows if ctx.ablation_variant(r.condenser))
     rows = [r for r in rows if r.hash_method == hm]
-    compare = hm == PAPER_HASH
+    compare = hm == PAPER_HASH and all(r.protocol == "test" for r in rows)  # paper: test
     groups = group(rows, lambda r: (r.dataset, r.ipc, r.bits, r.condenser))
     # The paper's row order — neither, NA only, DA only, both — then labels of one kind by name.
     conds = sorted({r.condenser for r in rows},
