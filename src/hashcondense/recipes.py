@@ -14,7 +14,8 @@ from .settings import PROFILES
 
 RECIPES: dict[str, dict[str, TrainConfig]] = {
     # fits a 2-core CPU. Batch 32 (not 256): at equal compute, 6 epochs of the CIFAR-10 split
-    # gave mAP@1000 37.7 at batch 32, 34.6 at 64 and 23.8 at 256 (benchmarks/calibrate_recipe.py)
+    # gave mAP@1000 37.7 at batch 32, 34.6 at 64 and 23.8 at 256 (benchmarks/configs/
+    # calibrate_recipe.yaml re-runs it on the validation protocol)
     "cpu": {"subset": TrainConfig(epochs=1, min_steps=1000, batch_size=32, compile="auto"),
             "whole": TrainConfig(epochs=40, batch_size=32, compile="auto")},
     # about the dataset-condensation convention (1,000 epochs of a 10-image-per-class set,

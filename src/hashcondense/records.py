@@ -86,7 +86,8 @@ MEASUREMENT_FIELDS: tuple[Field, ...] = (
     Field("versions", (dict,), "hashcondense, python, torch, numpy, git revision"),
     Field("date", (str,), "when it was measured"),
 )
-RETIRED_FIELDS = {"map": "value", "judge_steps": "judge.steps", "steps": "judge.steps"}
+# names of the schemas before this one, refused with the field that replaced them
+RETIRED_FIELDS = dict(map="value", judge_steps="judge.steps", steps="judge.steps")
 
 
 def record_problems(record: Mapping[str, Any]) -> list[str]:

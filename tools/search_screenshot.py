@@ -1,7 +1,7 @@
 """Screenshot of the search page for the docs: serve an index, search one of its images in
 headless Chromium (Debian's chromium + chromium-driver, via selenium), save a PNG.
 
-    python benchmarks/search_screenshot.py --index outputs/cifar10-index --out docs/search-page.png
+    python tools/search_screenshot.py --index outputs/cifar10-index --out docs/search-page.png
 """
 
 from __future__ import annotations
