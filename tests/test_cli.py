@@ -250,6 +250,39 @@ def test_train_then_evaluate_digits(tmp_path, capsys):
     assert evaluated["precision"] == "fp32"
 
 
+def test_condense_budget_follows_the_profile_and_flags_override():
+    from hashcondense.recipes import condense_budget
+
+    assert condense_budget("cpu", 200) == (200, 300.0)  # IEM
+    assert condense_budget("cpu", 20_000) == (200, 300.0)  # DM: capped at the cpu budget
+    assert condense_budget("cpu", 50) == (50, 300.0)  # never more than the reference
+    assert condense_budget("paper", 20_000) == (20_000, None)
+    assert condense_budget("smoke", 200) == (2, None)
+    assert condense_budget("cpu", 200, iterations=7, seconds=9.5) == (7, 9.5)
+    with pytest.raises(ValueError, match="unknown profile 'gpu'; choose from cpu, paper, smoke"):
+        condense_budget("gpu", 200)
+
+
+def test_commands_share_one_profile_flag():
+    parser = build_parser()
+    for argv in (["train", "--out", "x"], ["condense", "--method", "iem", "--ipc", "1",
+                                            "--out", "x"], ["bench", "table1"]):
+        assert parser.parse_args(argv).profile is None  # None: recipes.default_profile()
+        assert parser.parse_args([*argv, "--profile", "smoke"]).profile == "smoke"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "table1", "--profile", "gpu"])
+
+
+def test_condense_smoke_profile_budget_is_recorded(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1",
+                 "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "condense.json").read_text())
+    assert record["profile"] == "smoke" and record["budget"] == {"iterations": 2,
+                                                                 "seconds": None}
+    assert record["metadata"]["iterations"] == 2
+
+
 def test_condense_then_train_on_the_synthetic_file(tmp_path, capsys):
     out = tmp_path / "syn"
     code = main(["condense", "--dataset", "digits", "--method", "iem", "--ipc", "2",

@@ -26,12 +26,12 @@ def test_canonical_gives_one_quantity_one_spelling():
 def test_store_marks_cells_done_and_appends(tmp_path):
     store = ResultStore(tmp_path / "r.jsonl")
     assert store.done() == set() and store.rows() == []
-    store.add("abc", [{"metric": "mAP@1000", "map": 0.5}, {"metric": "mAP@all", "map": 0.4}])
-    store.add("def", [{"metric": "mAP@1000", "map": 0.6}])
+    store.add("abc", [{"metric": "mAP@1000", "value": 0.5}, {"metric": "mAP@all", "value": 0.4}])
+    store.add("def", [{"metric": "mAP@1000", "value": 0.6}])
     assert store.done() == {"abc", "def"}
     rows = ResultStore(tmp_path / "r.jsonl").rows()  # a fresh handle sees the same file
     assert [r["cell"] for r in rows] == ["abc", "abc", "def"]
-    assert [r["map"] for r in rows] == [0.5, 0.4, 0.6]
+    assert [r["value"] for r in rows] == [0.5, 0.4, 0.6]
 
 
 @pytest.mark.parametrize("profile", sorted(RECIPES))

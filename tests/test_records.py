@@ -12,12 +12,16 @@ import pytest
 from hashcondense import __version__, records
 from hashcondense.records import (
     RECORD_FIELDS,
+    RESULT_FIELDS,
+    RETIRED_FIELDS,
     append_jsonl,
     atomic_write_bytes,
     atomic_write_text,
+    check_records,
     machine_info,
     metric_records,
     read_jsonl,
+    record_problems,
     versions,
     write_json,
 )
@@ -147,9 +151,12 @@ def test_read_jsonl_corrupt_line_names_file_and_line(tmp_path):
 
 
 BASE = {
-    "dataset": "digits", "condenser": "random", "ipc": 5, "bits": 32, "hash_method": "dhd",
-    "seed": 0, "condense_seconds": 0.0, "train_seconds": 1.5, "profile": "demo",
-    "machine": "cpu", "extra": "kept",
+    "dataset": "digits", "condenser": "random", "method": "random", "options": {}, "ipc": 5,
+    "seed": 0, "task": "retrieval", "hash_method": "dhd", "bits": 32,
+    "judge": {"recipe": "cpu", "steps": 10, "batch_size": 32, "epochs": None},
+    "budget": None, "condense_seconds": 0.0, "train_seconds": 1.5, "profile": "demo",
+    "machine": "cpu", "versions": {"hashcondense": "0"}, "protocol": "test",
+    "protocol_fingerprint": "f" * 64,
 }
 
 
@@ -158,16 +165,17 @@ def test_metric_records_one_per_metric():
     recs = metric_records(BASE, metrics)
     assert len(recs) == 3
     assert [r["metric"] for r in recs] == list(metrics)
-    assert [r["map"] for r in recs] == [0.5, 0.25, 1.0]
-    assert all(isinstance(r["map"], float) for r in recs)
+    assert [r["value"] for r in recs] == [0.5, 0.25, 1.0]
+    assert all(isinstance(r["value"], float) for r in recs)
     for r in recs:
         assert set(RECORD_FIELDS) <= r.keys()
         assert {k: r[k] for k in BASE} == BASE
+        assert record_problems(r) == []
     assert metric_records(BASE, {}) == []
     assert "metric" not in BASE  # base is not mutated
 
 
-@pytest.mark.parametrize("field", [f for f in RECORD_FIELDS if f not in ("metric", "map")])
+@pytest.mark.parametrize("field", [f for f in RECORD_FIELDS if f not in ("metric", "value")])
 def test_metric_records_missing_field_raises(field):
     base = {k: v for k, v in BASE.items() if k != field}
     with pytest.raises(ValueError, match=field):
@@ -175,9 +183,82 @@ def test_metric_records_missing_field_raises(field):
 
 
 def test_record_fields_schema():
-    assert len(set(RECORD_FIELDS)) == len(RECORD_FIELDS)
-    assert {"dataset", "condenser", "ipc", "bits", "hash_method", "seed", "metric",
-            "map"} <= set(RECORD_FIELDS)
+    names = [f.name for f in RESULT_FIELDS]
+    assert len(set(names)) == len(names)
+    assert {"dataset", "condenser", "ipc", "bits", "hash_method", "seed", "metric", "value",
+            "judge", "budget", "condense_seconds", "train_seconds", "profile", "machine",
+            "versions"} <= set(RECORD_FIELDS)
+    assert not set(names) & set(RETIRED_FIELDS)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (dict(map=0.5), "'map' is retired; use 'value'"),
+    ({"judge_steps": 3}, "'judge_steps' is retired"),
+    ({"value": "0.5"}, "'value' is str"),
+    ({"ipc": True}, "'ipc' is bool"),
+    ({"bits": 3.0}, "'bits' is float"),
+    ({"lr": 5}, "unknown field 'lr'"),
+    ({"judge": {"recipe": "cpu"}}, "judge lacks ['batch_size', 'epochs', 'steps']"),
+])
+def test_record_problems_names_each_violation(change, problem):
+    record = {**BASE, "metric": "mAP@all", "value": 0.5, **change}
+    assert any(problem in p for p in record_problems(record)), record_problems(record)
+
+
+def test_record_problems_missing_and_measurements():
+    record = {**BASE, "metric": "mAP@all", "value": 0.5}
+    assert record_problems(record) == []
+    del record["versions"]
+    assert record_problems(record) == ["lacks field 'versions' (hashcondense, python, torch, "
+                                       "numpy, git revision)"]
+    measurement = {"what": "x", "machine": "cpu", "versions": {}, "date": "2026", "q/s": 3}
+    assert record_problems(measurement) == []
+    assert record_problems({**measurement, **dict(map=0.3)}) == ["field 'map' is retired; use "
+                                                            "'value'"]
+    assert "lacks field 'date'" in record_problems({"what": "x", "machine": "cpu",
+                                                    "versions": {}})[0]
+
+
+def test_check_records_names_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    good = {**BASE, "metric": "mAP@all", "value": 0.5}
+    append_jsonl(path, [good, {**good, **dict(map=0.5)}])
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: field 'map' is retired"):
+        check_records(path)
+
+
+COMMITTED = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+                   .rglob("*.jsonl"))
+
+
+def test_results_are_committed():
+    assert len(COMMITTED) >= 8  # the stores below exist in the repository
+
+
+def test_one_schema_in_the_repository():
+    # the check (grep for the old value field, quoted): no code, doc or result has it
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("src", "tests", "benchmarks", "docs", "tools") for p in
+             (repo / folder).rglob("*") if p.suffix in (".py", ".md", ".jsonl", ".json", ".yaml")]
+    files.append(repo / "README.md")
+    assert len(files) > 50
+    old = '"' + "ma" + "p" + '"'
+    assert [str(p) for p in files if old in p.read_text(encoding="utf-8")] == []
+
+
+def test_benchmarks_hold_grid_files_and_micro_benchmarks_only():
+    # every judged number comes from `hashcondense bench <grid>`; scripts only measure time
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    configs = sorted(p.name for p in (bench / "configs").iterdir())
+    assert configs and all(name.endswith(".yaml") for name in configs)
+    assert {p.name for p in bench.iterdir()} == {
+        "configs", "results", "speed.py", "map_speed.py", "search.py", "data_scale.py",
+        "distributed.py"}
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(p.parents[2])))
+def test_every_committed_record_conforms_to_the_schema(path):
+    check_records(path)
 
 
 # ----------------------------------------------------------------------------------------------

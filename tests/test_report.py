@@ -16,9 +16,15 @@ import pytest
 from PIL import Image
 
 from hashcondense.experiments import config_hash
-from hashcondense.experiments import report as report_mod
 from hashcondense.experiments.paper import TABLE1, TABLE2, paper_value
-from hashcondense.experiments.report import write_report
+from hashcondense.experiments.report import (
+    DEFAULT_ORDER,
+    SECTIONS,
+    section_names,
+    write_report,
+)
+from hashcondense.experiments.report import common as report_common
+from hashcondense.experiments.report.load import condenser_kind
 
 PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper-iem.txt"
 
@@ -397,6 +403,20 @@ def test_without_dhd_no_paper_values_are_claimed(tmp_path):
     assert "## Fig. 4" not in md  # one hashing method only
 
 
+def test_validation_protocol_results_claim_no_paper_values(tmp_path):
+    # the paper's numbers are on its test queries; a tuning grid's validation protocol is not
+    results = tmp_path / "r"
+    _write(results, [_record(value=0.5, protocol="validation")], _run_json())
+    write_report(results)
+    md = (results / "report.md").read_text(encoding="utf-8")
+    table = _md_tables(_section(md, "Table I"))[0]
+    assert [r[1] for r in table[2:]] == ["ours"] and "45.32" not in md
+    assert "validation protocol" in md
+    _write(results, [_record(value=0.5)], _run_json())  # the same record on the test queries
+    write_report(results)
+    assert "45.32" in (results / "report.md").read_text(encoding="utf-8")
+
+
 def test_primary_metric_comes_from_run_json(tmp_path):
     results = tmp_path / "r"
     _write(results, _table1_records(), _run_json(metric="mAP@all"))
@@ -422,7 +442,7 @@ def test_dataset_without_the_primary_metric_falls_back_and_claims_no_paper_value
 
 
 def test_report_without_matplotlib_still_writes_tables(full_results, monkeypatch):
-    monkeypatch.setattr(report_mod, "_matplotlib_available", lambda: False)
+    monkeypatch.setattr(report_common, "matplotlib_available", lambda: False)
     written = write_report(full_results)
     assert not [n for n in written if n.endswith(".png")]
     md = (full_results / "report.md").read_text("utf-8")
@@ -463,5 +483,94 @@ def test_importing_the_report_does_not_import_matplotlib():
 
 
 def test_stats_formatting_is_sample_std():
-    assert math.isclose(report_mod._stats([40.0, 42.0, 47.0]).std, math.sqrt(13))
-    assert str(report_mod._stats([40.0])) == "40.00 (1)"
+    assert math.isclose(report_common.stats([40.0, 42.0, 47.0]).std, math.sqrt(13))
+    assert str(report_common.stats([40.0])) == "40.00 (1)"
+
+
+# ---------------------------------------------------------------- sections: registry and choice
+
+
+def test_every_section_is_registered_once_and_a_duplicate_name_is_refused():
+    assert SECTIONS.names() == sorted(DEFAULT_ORDER)
+    assert DEFAULT_ORDER == ("table1", "ablation", "efficiency", "generalisation",
+                             "classification", "cost", "pr_curves", "previews")
+    with pytest.raises(ValueError, match="'table1' is already registered"):
+        SECTIONS.register("table1")(lambda ctx: None)
+    assert SECTIONS.get("table1").__module__.endswith("sections.table1")  # one file each
+
+
+def test_spec_report_chooses_the_sections_and_their_order(full_results):
+    run = _run_json(spec={"report": ["cost", "table1", "ablation"]})
+    (full_results / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    written = write_report(full_results)
+    md = (full_results / "report.md").read_text("utf-8")
+    titles = re.findall(r"^## (.*)$", md, flags=re.M)
+    # exactly those named (ablation has no data here: left out), in that order; totals last
+    assert titles == ["Condensation cost of each set", "Table I: retrieval with condensed sets",
+                      "Totals"]
+    assert not [n for n in written if n.endswith(".png")]  # no figure section asked for
+
+    run["spec"]["report"] = []  # empty: every section with data, in the default order
+    (full_results / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    write_report(full_results)
+    titles = re.findall(r"^## (.*)$", (full_results / "report.md").read_text("utf-8"),
+                        flags=re.M)
+    assert [t.split(":")[0] for t in titles] == [
+        "Table I", "Fig. 3", "Fig. 4", "Fig. 1", "Condensation cost of each set",
+        "Precision–recall curves", "Synthetic images", "Totals"]
+
+
+def test_an_unknown_section_in_spec_report_is_refused_naming_it_and_the_known_ones(tmp_path):
+    results = tmp_path / "r"
+    _write(results, _table1_records(), _run_json(spec={"report": ["table1", "tabel2"]}))
+    with pytest.raises(ValueError, match=r"run\.json: unknown report section 'tabel2'; "
+                                         r"known sections: ablation, classification, cost"):
+        write_report(results)
+    assert not list(results.glob("report.*"))
+    with pytest.raises(ValueError, match="listed twice"):
+        section_names({"spec": {"report": ["cost", "cost"]}})
+
+
+@pytest.mark.parametrize("where", ["spec", "records"])
+def test_ablation_variants_are_found_by_their_options_not_their_labels(tmp_path, where):
+    """Arbitrary labels; the four switch settings — in run.json's spec, or in the records when
+    run.json lists no condensers — decide the Table II row, and a non-IEM condenser that
+    happens to be called like a variant stays in Table I."""
+    results = tmp_path / "r"
+    condensers = [
+        {"label": "d", "method": "iem", "options": []},
+        {"label": "c", "method": "iem", "options": [["network_aug", False]]},
+        {"label": "b", "method": "iem", "options": [["dataset_aug", False]]},
+        {"label": "a", "method": "iem",
+         "options": [["dataset_aug", False], ["network_aug", False]]},
+        {"label": "iem-none", "method": "dm", "options": []}]
+    values = {"a": 0.40, "b": 0.45, "c": 0.55, "d": 0.58, "iem-none": 0.35}
+    records = []
+    for c in condensers:
+        extra = {"options": dict(c["options"])} if where == "records" else {}
+        records.append(_record(condenser=c["label"], method=c["method"], ipc=50,
+                               value=values[c["label"]], experiment="ablation", **extra))
+    spec = {"condensers": condensers} if where == "spec" else {}
+    _write(results, records, _run_json(experiment="ablation", spec=spec))
+    write_report(results)
+    md = (results / "report.md").read_text(encoding="utf-8")
+    table = _md_tables(_section(md, "Table II"))[0]
+    assert table[2:] == [
+        ["cifar10 (32 px)", "50", "32", "✗", "✗", "a", "40.00 (1)", "43.22", "-3.22"],
+        ["cifar10 (32 px)", "50", "32", "✓", "✗", "b", "45.00 (1)", "47.99", "-2.99"],
+        ["cifar10 (32 px)", "50", "32", "✗", "✓", "c", "55.00 (1)", "57.73", "-2.73"],
+        ["cifar10 (32 px)", "50", "32", "✓", "✓", "d", "58.00 (1)", "57.88", "+0.12"]]
+    # Table I: both augmentations (d) and the DM set, each beside its kind's paper column.
+    t1 = _md_tables(_section(md, "Table I"))[0]
+    assert [r[0] for r in t1[2:] if r[0]] == ["iem-none", "d"]  # the paper's order: DM, IEM
+    col = t1[0].index("ipc 50 · 32 bits")
+    assert _table1_rows(t1, "iem-none")["paper"][col] == "41.12"  # Table I, DM
+    assert _table1_rows(t1, "d")["paper"][col] == "55.72"  # Table I, IEM
+
+
+def test_condenser_kind_reads_the_two_switches():
+    assert condenser_kind("iem", {}) == "iem"
+    assert condenser_kind("iem", {"network_aug": False, "dataset_aug": False}) == "iem-none"
+    assert condenser_kind("iem", {"dataset_aug": False}) == "iem-na"
+    assert condenser_kind("iem", {"network_aug": False, "iterations": 5}) == "iem-da"
+    assert condenser_kind("dm", {"network_aug": False}) == "dm"

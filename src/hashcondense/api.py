@@ -19,9 +19,11 @@ from .hashing.checkpoint import load_hashing_model, save_hashing_model
 from .hashing.trainer import TrainConfig, train_hashing_network
 from .models import default_backbone
 from .normalization import Normalization
+from .recipes import condense_budget
 from .records import (
     atomic_write_text,
     machine_info,
+    machine_name,
     metric_records,
     versions,
     write_json,
@@ -166,6 +168,7 @@ def condense_run(
     out: Path,
     iterations: int | None = None,
     seconds: float | None = None,
+    profile: str = "cpu",
     options: dict[str, Any] | None = None,
     compile: str = "auto",
     progress: bool = True,
@@ -176,6 +179,8 @@ def condense_run(
     """Condense the protocol's train split to ``ipc`` images per class with ``method``; writes
     the synthetic set (safetensors + JSON), a preview grid and condense.json to ``out``.
 
+    The budget is ``profile``'s (recipes.condense_budget); ``iterations``/``seconds`` override.
+
     ``compile`` reaches condensers that run networks through the shared matching loop;
     ``execution`` says which ranks share the work and where checkpoints go (rank 0 writes
     the outputs; other ranks return ``{"rank": r}``)."""
@@ -183,7 +188,9 @@ def condense_run(
     condenser = with_runtime(condenser, compile=compile)
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
-    budget = None if iterations is None and seconds is None else Budget(iterations, seconds)
+    iterations, seconds = condense_budget(profile, getattr(condenser, "iterations", None),
+                                          iterations=iterations, seconds=seconds)
+    budget = Budget(iterations, seconds)
     spec = resolve_protocol(dataset, **(split_options or {}))
     split = make_split(spec, data_root, seed=split_seed, resolution=resolution,
                        skip_bad_images=skip_bad_images, progress=progress)
@@ -203,7 +210,8 @@ def condense_run(
     _write_skipped(out, split)
     syn_path = syn.save(out / "synthetic")
     preview = syn.export_grid_png(out / "preview.png")
-    record = {**fields, "method": method, "ipc": ipc, "seed": seed,
+    record = {**fields, "method": method, "ipc": ipc, "seed": seed, "profile": profile,
+              "budget": {"iterations": iterations, "seconds": seconds},
               "condense_seconds": seconds_taken, "synthetic": str(syn_path),
               "preview": str(preview), "protocol": split.describe(),
               "condenser": repr(condenser), "metadata": syn.metadata,
@@ -283,6 +291,7 @@ def demo(out: Path, *, seed: int = 0, config: DemoConfig | None = None,
          TrainConfig(epochs=1, min_steps=config.subset_steps, batch_size=64)),
     ]
     rows, records = [], []
+    machine, code_versions = machine_name(), versions()
     for condenser_name, ipc, images, labels, seconds, train in sets:
         result = judge(images, labels, split, norm, config=JudgeConfig(bits=32, train=train),
                        seed=seed, progress=progress)
@@ -290,11 +299,18 @@ def demo(out: Path, *, seed: int = 0, config: DemoConfig | None = None,
         stored = len(split.train) if ipc is None else ipc * len(split.classes)
         rows.append({"training_set": name, "images": stored, **result.metrics,
                      "condense_seconds": seconds, "train_seconds": result.train_seconds})
-        base = {"dataset": "digits", "condenser": condenser_name, "ipc": ipc, "bits": 32,
-                "hash_method": "dhd", "seed": seed, "condense_seconds": seconds,
-                "train_seconds": result.train_seconds, "profile": "demo",
-                "machine": machine_info().get("cpu_model", ""),
-                "protocol_fingerprint": split.fingerprint()}
+        iem = condenser_name == "iem"
+        base = {"dataset": "digits", "condenser": condenser_name, "method": condenser_name,
+                "options": {"matching": {"batch_real": config.batch_real}} if iem else {},
+                "ipc": ipc, "seed": seed, "task": "retrieval", "hash_method": "dhd", "bits": 32,
+                "judge": {"recipe": "demo", "steps": result.steps,
+                          "batch_size": train.batch_size,
+                          "epochs": train.epochs if ipc is None else None},
+                "budget": {"iterations": config.iterations, "seconds": None, "snapshots": []}
+                if iem else None,
+                "condense_seconds": seconds, "train_seconds": result.train_seconds,
+                "profile": "demo", "machine": machine, "versions": code_versions,
+                "protocol": "test", "protocol_fingerprint": split.fingerprint()}
         records += metric_records(base, result.metrics)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl",

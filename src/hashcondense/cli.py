@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from .serve.cli import add_search_commands
+from .settings import COMPILES, PRECISIONS, PROFILES
 
 TRAIN_DEFAULTS_HELP = ("defaults: the --profile's judge recipe (recipes.py), the one the README's "
                       "tables use; these flags override single values")
-COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_HELP = ("torch.compile the networks: auto (default) where a backend can run; costs "
                 "~20 s per graph once, then 2-4x faster steps on CPU")
 
@@ -57,11 +57,16 @@ def _data_kwargs(args: argparse.Namespace) -> dict:
             "split_options": options, "skip_bad_images": args.skip_bad_images}
 
 
+def _add_profile_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help=f"{what}: cpu (the calibrated 2-core recipe of the README's tables; "
+                   "default without a GPU), paper (the paper's; default with CUDA), smoke "
+                   "(seconds, proves the pipeline)")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training", TRAIN_DEFAULTS_HELP)
-    g.add_argument("--profile", choices=("cpu", "paper", "smoke"), default=None,
-                   help="training recipe: cpu (the calibrated 2-core judge; default without a "
-                   "GPU), paper (default with CUDA), smoke (seconds, proves the pipeline)")
+    _add_profile_arg(g, "training recipe")
     g.add_argument("--hash-method", default="dhd")
     g.add_argument("--backbone", default=None, help="convnet3 (default <= 32 px) or resnetap10")
     g.add_argument("--bits", type=int, default=32)
@@ -70,9 +75,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
     g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
+    g.add_argument("--precision", choices=PRECISIONS, default=None)
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--compile", choices=COMPILE_CHOICES, default=None, help=COMPILE_HELP)
+    g.add_argument("--compile", choices=COMPILES, default=None, help=COMPILE_HELP)
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -80,13 +85,9 @@ def _train_config(args: argparse.Namespace, *, whole: bool):
     """The profile's judge recipe (the one the README's tables use), then explicit flags."""
     import dataclasses
 
-    from .recipes import training_recipe
+    from .recipes import default_profile, training_recipe
 
-    profile = args.profile
-    if profile is None:
-        import torch
-
-        profile = "paper" if torch.cuda.is_available() else "cpu"
+    profile = args.profile or default_profile()
     overrides = {
         k: getattr(args, k)
         for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "precision", "device",
@@ -123,13 +124,15 @@ def cmd_condense(args: argparse.Namespace) -> int:
                                  ("dataset_aug", args.dataset_aug),
                                  ("factor", args.factor)) if v is not None}
     from .condense.driver import command_execution
+    from .recipes import default_profile
 
     with command_execution(Path(args.out), resume=args.resume,
                            every=args.checkpoint_every) as execution:
         record = api.condense_run(
             **_data_kwargs(args), method=args.method, ipc=args.ipc, seed=args.seed,
             out=Path(args.out), iterations=args.iterations, seconds=args.seconds,
-            options=options, compile=args.compile, progress=not args.quiet,
+            profile=args.profile or default_profile(), options=options, compile=args.compile,
+            progress=not args.quiet,
             execution=execution,
         )
     if "synthetic" not in record:  # ranks other than 0 of a torchrun job write nothing
@@ -171,8 +174,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments import load_experiment, plan, run_experiment
     from .experiments.grid import cap_condense_seconds, restrict_datasets
     from .experiments.sharding import parse_shard
+    from .recipes import default_profile
 
-    exp = load_experiment(args.experiment, args.profile)
+    exp = load_experiment(args.experiment, args.profile or default_profile())
     if args.datasets:
         exp = restrict_datasets(exp, args.datasets)
     if args.max_condense_seconds is not None:
@@ -205,8 +209,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import write_report
+    from .experiments.report import document_is_current, update_document, write_report
+    from .records import atomic_write_text
 
+    if args.update:
+        doc = Path(args.update)
+        if not doc.is_file():
+            raise FileNotFoundError(f"{doc}: no such document")
+        if args.check:
+            if document_is_current(doc):
+                print(f"{doc} is current")
+                return 0
+            print(f"{doc} is not current: run hashcondense report --update {doc}")
+            return 1
+        text = update_document(doc)
+        changed = text != doc.read_text(encoding="utf-8")
+        if changed:
+            atomic_write_text(doc, text)
+        print(f"{doc}: {'regenerated' if changed else 'already current'}")
+        return 0
+    if args.results_dir is None:
+        raise ValueError("give a results folder, or --update DOC.md")
     files = write_report(Path(args.results_dir), Path(args.out) if args.out else None)
     for name, path in files.items():
         print(f"  {name:>10s}  {path}")
@@ -237,15 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--method", required=True, help="iem, dm, herding, random, dsa, idc")
     p.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
+    _add_profile_arg(p, "budget")
     p.add_argument("--iterations", type=int, default=None,
-                   help="iteration budget (default: the method's, e.g. IEM 200)")
-    p.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
+                   help="iteration budget (default: the --profile's; cpu: at most 200, paper: "
+                   "the method's reference, e.g. IEM 200, DM 20,000)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="wall-clock budget (default: the --profile's; cpu: 300)")
     p.add_argument("--factor", type=int, default=None, help="IEM multi-formation factor f")
     p.add_argument("--no-network-aug", dest="network_aug", action="store_const", const=False,
                    default=None, help="IEM ablation: no weight perturbation")
     p.add_argument("--no-dataset-aug", dest="dataset_aug", action="store_const", const=False,
                    default=None, help="IEM ablation: no multi-formation")
-    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
+    p.add_argument("--compile", choices=COMPILES, default="auto", help=COMPILE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--checkpoint-every", default=None, metavar="N|Ns|Nm|Nh",
@@ -259,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="mAP and friends of a trained model, as JSON")
     p.add_argument("--model", required=True, help="folder written by 'hashcondense train'")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
-    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--compile", choices=COMPILES, default="auto", help=COMPILE_HELP)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="as when the model was trained with it")
     p.add_argument("--quiet", action="store_true")
@@ -275,9 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run (or resume) an experiment grid of the paper")
     p.add_argument("experiment", help="table1, ablation, efficiency, generalization, "
                    "classification, or a .yaml file")
-    p.add_argument("--profile", choices=("smoke", "cpu", "paper"), default="smoke",
-                   help="smoke: minutes, proves the pipeline; cpu: a 2-core machine, hours; "
-                   "paper: the paper's budgets, a GPU")
+    _add_profile_arg(p, "the grid's profile")
     p.add_argument("--out", default=None,
                    help="results folder (default outputs/experiments/EXPERIMENT-PROFILE)")
     p.add_argument("--cache-dir", default=None,
@@ -298,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="Markdown + HTML + PNG figures of an experiment's results")
-    p.add_argument("results_dir", help="folder written by 'hashcondense bench'")
+    p.add_argument("results_dir", nargs="?", help="folder written by 'hashcondense bench'")
     p.add_argument("--out", default=None, help="where to write (default: RESULTS_DIR)")
+    p.add_argument("--update", default=None, metavar="DOC.md",
+                   help="instead, regenerate the '<!-- report: DIR sections=... -->' blocks of a "
+                   "Markdown page from the stores (DIR relative to the current folder)")
+    p.add_argument("--check", action="store_true",
+                   help="with --update: write nothing; exit 1 when the page is not current")
     p.set_defaults(func=cmd_report)
     add_search_commands(sub)
     return parser

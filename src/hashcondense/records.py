@@ -1,7 +1,8 @@
 """Result records and safe file output.
 
-Every benchmark and experiment appends to the same JSON-lines schema (one object per
-(dataset, condenser, ipc, bits, hash method, seed, metric)); see the README for the fields.
+Every judged set is recorded in one JSON-lines schema (``RESULT_FIELDS``: one object per
+dataset, condenser, ipc, bits, hash method, seed and metric); micro-benchmarks record
+measurements (``MEASUREMENT_FIELDS``).
 Files are written to a temporary file in the target folder and renamed, so a crash never leaves a
 half-written output.
 """
@@ -15,13 +16,110 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RECORD_FIELDS = (
-    "dataset", "condenser", "ipc", "bits", "hash_method", "seed", "metric", "map",
-    "condense_seconds", "train_seconds", "profile", "machine",
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a result record: its name, the JSON types it may take, what it means."""
+
+    name: str
+    types: tuple[type, ...]
+    meaning: str
+    required: bool = True
+
+
+_NUM = (int, float)
+_OPT_INT = (int, type(None))
+_OPT_STR = (str, type(None))
+
+# One schema for every judged training set, whoever wrote it (``hashcondense bench``, the demo,
+# migrated records): one record per (set, task, hashing method, bits, metric). The README's
+# "Results records" table is this tuple; tests check every committed record against it.
+RESULT_FIELDS: tuple[Field, ...] = (
+    Field("dataset", (str,), "built-in protocol name or your collection's path"),
+    Field("condenser", (str,), "the set's label in tables (`iem`, `iem-na`, `random`, `whole`)"),
+    Field("method", (str,), "the registered condenser (`whole`: the whole train split)"),
+    Field("options", (dict,), "the condenser options the grid gave ({} = defaults)"),
+    Field("ipc", _OPT_INT, "images per class (null for `whole`)"),
+    Field("seed", (int,), "seed of the subset / condensation / training"),
+    Field("task", (str,), "`retrieval` or `classification`"),
+    Field("hash_method", _OPT_STR, "`dhd`, `dpn`, `orthohash` (null for classification)"),
+    Field("bits", _OPT_INT, "code length K (null for classification)"),
+    Field("metric", (str,), "`mAP@1000`, `mAP@all`, `mAP@all_tie_aware`, `P@H<=2`, `accuracy`"),
+    Field("value", _NUM, "the metric's value, a fraction in [0, 1]"),
+    Field("judge", (dict,), "the judge's training: recipe, steps trained, batch_size, epochs"),
+    Field("budget", (dict, type(None)), "condensation budget: iterations, seconds, snapshots "
+          "(null for coresets and the whole split)"),
+    Field("condense_seconds", _NUM, "wall time of the condensation"),
+    Field("train_seconds", _NUM, "wall time of the judge's training"),
+    Field("profile", (str,), "compute profile (`smoke`, `cpu`, `paper`, `demo`)"),
+    Field("machine", (str,), "CPU (and GPU) model it ran on"),
+    Field("versions", (dict,), "hashcondense, python, torch, numpy, git revision"),
+    Field("protocol", (str,), "`test` (the protocol's queries) or `validation` (carved from "
+          "the database, for tuning)"),
+    Field("protocol_fingerprint", (str,), "hash of the split's indices and images"),
+    Field("cell", (str,), "content hash of the cell's config (the store's key)", False),
+    Field("condense_cell", (str,), "content hash of the condensed set", False),
+    Field("experiment", (str,), "the grid's name", False),
+    Field("run_id", (str,), "the `bench` invocation that wrote it", False),
+    Field("iteration", _OPT_INT, "snapshot iteration (null: the final set)", False),
+    Field("iterations", _OPT_INT, "iterations the set was condensed for", False),
+    Field("resolution", _OPT_INT, "image side in pixels", False),
+    Field("backbone", (str,), "the judge's backbone", False),
+    Field("encode_seconds", _NUM, "wall time of encoding queries and database", False),
+    Field("precision", (str,), "`auto`, `fp32`, `bf16`", False),
+    Field("algorithm_version", (int,), "the condenser's algorithm version (absent: 1)", False),
+    Field("finished_at", (str,), "UTC time the cell finished", False),
+    Field("provenance", (dict,), "where a migrated record came from (script, file, commit)",
+          False),
 )
+RECORD_FIELDS = tuple(f.name for f in RESULT_FIELDS if f.required)
+
+# Micro-benchmarks (speed, search, data scale, scale-out) measure time, not judged sets: their
+# records are free-form beyond these fields, and never use a result field with another meaning.
+MEASUREMENT_FIELDS: tuple[Field, ...] = (
+    Field("what", (str,), "what was measured"),
+    Field("machine", (str,), "CPU (and GPU) model it ran on"),
+    Field("versions", (dict,), "hashcondense, python, torch, numpy, git revision"),
+    Field("date", (str,), "when it was measured"),
+)
+# names of the schemas before this one, refused with the field that replaced them
+RETIRED_FIELDS = dict(map="value", judge_steps="judge.steps", steps="judge.steps")
+
+
+def record_problems(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with ``record`` under the one schema (empty: it conforms). A record with a
+    ``what`` field is a measurement; any other is a result of a judged set."""
+    problems = [f"field {k!r} is retired; use {v!r}" for k, v in RETIRED_FIELDS.items()
+                if k in record]
+    fields = MEASUREMENT_FIELDS if "what" in record else RESULT_FIELDS
+    for f in fields:
+        if f.name not in record:
+            if f.required:
+                problems.append(f"lacks field {f.name!r} ({f.meaning})")
+            continue
+        value = record[f.name]
+        if isinstance(value, bool) or not isinstance(value, f.types):
+            problems.append(f"field {f.name!r} is {type(value).__name__}, expected "
+                            + " or ".join(t.__name__ for t in f.types))
+    if fields is RESULT_FIELDS:
+        known = {f.name for f in RESULT_FIELDS}
+        problems += [f"unknown field {k!r}" for k in sorted(set(record) - known)]
+        if isinstance(record.get("judge"), dict):
+            missing = {"recipe", "steps", "batch_size", "epochs"} - set(record["judge"])
+            problems += [f"judge lacks {sorted(missing)}"] if missing else []
+    return problems
+
+
+def check_records(path: str | os.PathLike) -> None:
+    """Raise ValueError naming the file, line and problems of the first bad record."""
+    for n, record in enumerate(read_jsonl(path), 1):
+        problems = record_problems(record)
+        if problems:
+            raise ValueError(f"{path}:{n}: {'; '.join(problems)}")
 
 
 def current_umask() -> int:
@@ -100,6 +198,13 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def machine_name(info: Mapping[str, Any] | None = None) -> str:
+    """The short form records carry: the CPU model, and the GPU when there is one."""
+    info = machine_info() if info is None else info
+    name = str(info.get("cpu_model") or info.get("processor") or "unknown")
+    return f"{name} + {info['gpu']}" if info.get("gpu") else name
+
+
 def versions() -> dict[str, str]:
     import numpy
     import torch
@@ -120,7 +225,7 @@ def versions() -> dict[str, str]:
 
 def metric_records(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict]:
     """One record per metric (the schema's unit), each carrying the shared fields of ``base``."""
-    missing = [f for f in RECORD_FIELDS if f not in ("metric", "map") and f not in base]
+    missing = [f for f in RECORD_FIELDS if f not in ("metric", "value") and f not in base]
     if missing:
         raise ValueError(f"result record lacks fields {missing}")
-    return [{**base, "metric": name, "map": float(value)} for name, value in metrics.items()]
+    return [{**base, "metric": name, "value": float(value)} for name, value in metrics.items()]

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .settings import PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

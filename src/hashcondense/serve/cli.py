@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..settings import PRECISIONS
+
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_K = 100
 
@@ -116,7 +118,7 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--ivf-nlist", type=int, default=None)
     p.add_argument("--ivf-nprobe", type=int, default=None)
     p.add_argument("--mih-nflip", type=int, default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="encoding precision, reused for queries (fp32: batch-independent codes)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
