@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..registry import Registry
-from ..runtime import COMPILE_MODES, PRECISIONS
+from ..settings import COMPILES, PRECISIONS
 from ..synthetic import SyntheticSet
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ class Runtime:
     precision: str | None = None
 
     def __post_init__(self) -> None:
-        if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
+        if self.compile is not None and self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {list(COMPILES)}, got {self.compile!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got "
                              f"{self.precision!r}")

@@ -28,9 +28,10 @@ Every part of a grid is a frozen dataclass that checks itself in ``__post_init__
 :func:`from_mapping` builds them from the YAML, led by their type hints. So a typo anywhere
 (an unknown key, a bad value, an unknown hashing method, condenser or condenser option) fails
 when the file is read, as one line naming the file and the key, before any data loads. Each
-allowed value is declared once, where it lives: profiles and judge recipes in
-``hashcondense.recipes``, precisions and compile modes in ``hashcondense.runtime``, hashing
-methods and condensers in their registries, budgets are ``condense.Budget`` itself.
+allowed value is declared once, where it lives: profiles, precisions, compile modes and tasks
+in ``hashcondense.settings``, judge recipes in ``hashcondense.recipes``, hashing methods and
+condensers in their registries, report sections in the report's; budgets are
+``condense.Budget`` itself.
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ from typing import Any, TypeVar
 from ..condense import CONDENSERS, Budget, Condenser, build_condenser
 from ..hashing import HASH_METHODS
 from ..recipes import RECIPES
-from ..runtime import COMPILE_MODES, PRECISIONS
+from ..settings import COMPILES, PRECISIONS, PROFILES, TASKS
 
-PROFILES = tuple(RECIPES)  # a grid's profiles are the judge's compute profiles
-TASKS = ("retrieval", "classification")
 PROTOCOLS = ("test", "validation")  # what a grid's cells are judged on
 # the split a ``protocol: validation`` grid judges on (RetrievalSplit.validation's arguments)
 VALIDATION_SPLIT = {"query_per_class": 100, "database_size": 10_000, "seed": 0}
@@ -226,13 +225,13 @@ class Experiment:
             raise FieldError("budgets", f"for unknown condenser label(s) {strays}; labels: "
                              f"{labels} (or 'default')")
         _choice(self.precision, "precision", PRECISIONS)
-        _choice(self.compile, "compile", COMPILE_MODES)
+        _choice(self.compile, "compile", COMPILES)
         _choice(self.protocol, "protocol", PROTOCOLS)
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) \
                 or self.split_seed < 0:
             raise FieldError("split_seed", f"must be an integer >= 0, got {self.split_seed!r}")
         if self.report:
-            _distinct(self.report, "report", choices=report_sections())
+            _distinct(self.report, "report", choices=_report_sections())
 
     def budget_for(self, label: str) -> Budget | None:
         """The condenser's budget: its own entry, else ``default``, else None (its own)."""
@@ -252,7 +251,7 @@ class Experiment:
                     yield seed, ds, min(ds.ipcs), cond
 
 
-def report_sections() -> tuple[str, ...] | None:
+def _report_sections() -> tuple[str, ...] | None:
     """The report's section names, where the report declares them (``SECTIONS``); None
     accepts any name."""
     from . import report

@@ -60,7 +60,7 @@ from ..hashing.trainer import TrainConfig
 from ..models import default_backbone
 from ..normalization import Normalization
 from ..recipes import training_recipe
-from ..records import atomic_write_text, machine_info, versions, write_json
+from ..records import atomic_write_text, machine_info, machine_name, versions, write_json
 from ..retrieval.metrics import precision_recall_curve
 from ..synthetic import SyntheticSet
 from .grid import VALIDATION_SPLIT, WHOLE, CondenserSpec, DatasetSpec, Experiment, JudgeSpec
@@ -141,13 +141,6 @@ def cell_key(condense_key: str, *, iteration: int | None, task: str, hash_method
                         "judge": judge})
 
 
-def machine_name() -> str:
-    """The short model string a record carries: the CPU's, plus the GPU's under CUDA."""
-    info = machine_info()
-    name = str(info.get("cpu_model") or info.get("processor") or "unknown")
-    return f"{name} + {info['gpu']}" if info.get("gpu") else name
-
-
 class ExperimentRunner:
     """Holds the loaded splits and the store while a grid runs; see :func:`run_experiment`."""
 
@@ -167,7 +160,9 @@ class ExperimentRunner:
         self._condensers = {c.label: None if c.method == WHOLE else c.build().with_runtime(runtime)
                             for c in exp.condensers}
         self.condensed: list[str] = []
-        self.machine, self.versions = machine_name(), versions()  # once: the same all run
+        # once: the same for the whole run
+        self.machine_info, self.versions = machine_info(), versions()
+        self.machine = machine_name(self.machine_info)
 
     # -- configuration ------------------------------------------------------------------
     def split(self, ds: DatasetSpec) -> tuple[RetrievalSplit, Normalization]:
@@ -399,7 +394,7 @@ class ExperimentRunner:
         write_json(path, {
             "experiment": self.exp.name, "profile": self.exp.profile,
             "description": self.exp.description, "metric": self.exp.metric,
-            "spec": asdict(self.exp), "versions": self.versions, "machine": machine_info(),
+            "spec": asdict(self.exp), "versions": self.versions, "machine": self.machine_info,
             "protocols": protocols, "cache_dir": str(self.cache_dir),
             # the report shows these cells only: results of an earlier config may share the store
             "cells": sorted(cells) if cells is not None else previous.get("cells", []),
