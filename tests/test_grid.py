@@ -178,3 +178,32 @@ def test_a_grid_file_error_names_the_file(tmp_path):
                     "    - iem-x: {method: iem, options: {factr: 2}}\n")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: condensers.iem-x.options: "):
         load_experiment(path, "paper")
+
+
+def test_variants_override_the_grid_and_each_runs_into_its_own_folder(tmp_path, capsys):
+    import yaml
+
+    from hashcondense.cli import main
+    from hashcondense.experiments.grid import load_experiment, load_experiments
+
+    doc = {"name": "study", "grid": {"datasets": {"digits": {"ipcs": [1]}},
+                                     "condensers": ["random"], "judge": {"recipe": "cpu"}},
+           "variants": {"a": {"precision": "bf16"},
+                        "b": {"precision": "fp32", "judge": {"recipe": "cpu", "steps": 7}}},
+           "profiles": {"smoke": {"judge": {"recipe": "smoke"}}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    a, b = load_experiments(path, "cpu")
+    assert (a.variant, a.precision, a.judge.steps) == ("a", "bf16", None)
+    assert (b.variant, b.precision, b.judge.steps) == ("b", "fp32", 7)
+    smoke_b = load_experiment(path, "smoke", "b")  # the profile is applied last
+    assert (smoke_b.precision, smoke_b.judge.recipe) == ("fp32", "smoke")
+    with pytest.raises(ValueError, match=r"study\.yaml: names variants \['a', 'b'\]"):
+        load_experiment(path, "cpu")
+    with pytest.raises(ValueError, match="has no variant 'c'"):
+        load_experiment(path, "cpu", "c")
+    out = tmp_path / "out"
+    assert main(["bench", str(path), "--profile", "smoke", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"study/smoke/a: 0/1 cells done in {out / 'a'}" in printed
+    assert f"study/smoke/b: 0/1 cells done in {out / 'b'}" in printed

@@ -188,8 +188,9 @@ def condense_run(
     condenser = with_runtime(condenser, compile=compile)
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
-    iterations, seconds = condense_budget(profile, getattr(condenser, "iterations", None),
-                                          iterations=iterations, seconds=seconds)
+    reference = condenser.iterations if condenser.iterative else None
+    iterations, seconds = condense_budget(profile, reference, iterations=iterations,
+                                          seconds=seconds)
     budget = Budget(iterations, seconds)
     spec = resolve_protocol(dataset, **(split_options or {}))
     split = make_split(spec, data_root, seed=split_seed, resolution=resolution,

@@ -171,40 +171,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .experiments import load_experiment, plan, run_experiment
-    from .experiments.grid import cap_condense_seconds, restrict_datasets
+    from .experiments import plan, run_experiment
+    from .experiments.grid import cap_condense_seconds, load_experiments, restrict_datasets
     from .experiments.sharding import parse_shard
     from .recipes import default_profile
 
-    exp = load_experiment(args.experiment, args.profile or default_profile())
-    if args.datasets:
-        exp = restrict_datasets(exp, args.datasets)
-    if args.max_condense_seconds is not None:
-        exp = cap_condense_seconds(exp, args.max_condense_seconds)
-    out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
+    experiments = load_experiments(args.experiment, args.profile or default_profile())
     shard = parse_shard(args.shard) if args.shard else None
-    if args.dry_run:
-        cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir,
-                     shard=shard)
-        for cell, done in cells:
-            print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
-                  f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "
-                  f"it={cell.iteration if cell.iteration is not None else 'final'} {cell.task} "
-                  f"{cell.hash_method or ''} {cell.bits or ''}".rstrip())
-        print(f"{sum(d for _, d in cells)}/{len(cells)} cells done in {out}")
-        return 0
-    summary = run_experiment(exp, out, data_root=args.data_root,
-                             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                             progress=not args.quiet, shard=shard)
-    print(f"{exp.name}/{exp.profile}: ran {len(summary.ran)} cells, "
-          f"{len(summary.skipped)} already done; results in {summary.results}")
-    if shard is not None:
-        print(f"shard {shard}: condensed {len(summary.condensed)} sets")
-    if not args.no_report:
-        from .experiments.report import write_report
+    for exp in experiments:  # a grid with variants runs each into OUT/<variant>
+        if args.datasets:
+            exp = restrict_datasets(exp, args.datasets)
+        if args.max_condense_seconds is not None:
+            exp = cap_condense_seconds(exp, args.max_condense_seconds)
+        out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
+        out = out / exp.variant if exp.variant else out
+        title = f"{exp.name}/{exp.profile}" + (f"/{exp.variant}" if exp.variant else "")
+        if args.dry_run:
+            cells = plan(exp, out, data_root=args.data_root, cache_dir=args.cache_dir,
+                         shard=shard)
+            for cell, done in cells:
+                print(f"{'done' if done else 'todo'}  {cell.key}  {cell.dataset.name} "
+                      f"{cell.condenser.label} ipc={cell.ipc} seed={cell.seed} "
+                      f"it={cell.iteration if cell.iteration is not None else 'final'} "
+                      f"{cell.task} {cell.hash_method or ''} {cell.bits or ''}".rstrip())
+            print(f"{title}: {sum(d for _, d in cells)}/{len(cells)} cells done in {out}")
+            continue
+        summary = run_experiment(exp, out, data_root=args.data_root,
+                                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                                 progress=not args.quiet, shard=shard)
+        print(f"{title}: ran {len(summary.ran)} cells, {len(summary.skipped)} already done; "
+              f"results in {summary.results}")
+        if shard is not None:
+            print(f"shard {shard}: condensed {len(summary.condensed)} sets")
+        if not args.no_report:
+            from .experiments.report import write_report
 
-        files = write_report(out)
-        print(f"report: {files.get('markdown', out / 'report.md')}")
+            files = write_report(out)
+            print(f"report: {files.get('markdown', out / 'report.md')}")
     return 0
 
 

@@ -206,6 +206,7 @@ class Experiment:
     split_seed: int = 0
     protocol: str = "test"
     report: tuple[str, ...] = ()  # the report's sections, in order; empty: the report decides
+    variant: str | None = None  # which of the file's named variants this is (None: it has none)
 
     def __post_init__(self) -> None:
         _choice(self.profile, "profile", PROFILES)
@@ -423,24 +424,42 @@ def _dataset_name(name: str, source: str) -> str:
     return str(path.resolve())
 
 
-TOP_LEVEL = ("name", "description", "metric", "grid", "profiles")
+TOP_LEVEL = ("name", "description", "metric", "grid", "variants", "profiles")
 
 
-def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<experiment>"
-                     ) -> Experiment:
-    """Validate a YAML document and resolve ``profile`` into a concrete grid; every error is
-    one line starting with ``source``."""
+def parse_experiment(doc: Mapping[str, Any], profile: str, source: str = "<experiment>",
+                     variant: str | None = None) -> Experiment:
+    """Validate a YAML document and resolve ``profile`` (and ``variant``, for a file that
+    names variants) into a concrete grid; every error is one line starting with ``source``."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     try:
-        return _parse(doc, profile, source)
+        return _parse(doc, profile, source, variant)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
 
 
-def _parse(doc: Mapping[str, Any], profile: str, source: str) -> Experiment:
+def variant_names(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """The named variants of a grid document (``variants:``), in file order; () for none."""
+    variants = doc.get("variants") if isinstance(doc, Mapping) else None
+    if variants is None:
+        return ()
+    if not isinstance(variants, Mapping) or not variants or not all(
+            isinstance(v, Mapping) or v is None for v in variants.values()):
+        raise ValueError("variants must be a mapping name -> grid keys it overrides")
+    return tuple(str(name) for name in variants)
+
+
+def _parse(doc: Mapping[str, Any], profile: str, source: str,
+           variant: str | None) -> Experiment:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("grid"), Mapping):
         raise ValueError("needs a top-level 'grid' mapping")
+    names = variant_names(doc)
+    if variant is None and names:
+        raise ValueError(f"names variants {list(names)}: choose one")
+    if variant is not None and variant not in names:
+        raise ValueError(f"has no variant {variant!r}; variants: {list(names)}")
+    chosen = (doc["variants"].get(variant) or {}) if variant is not None else {}
     top = sorted(set(doc) - set(TOP_LEVEL))
     if top:
         raise ValueError(f"unknown top-level key(s) {top}; known: {', '.join(TOP_LEVEL)}")
@@ -451,7 +470,8 @@ def _parse(doc: Mapping[str, Any], profile: str, source: str) -> Experiment:
     overrides = profiles.get(profile) or {}
     if not isinstance(overrides, Mapping):
         raise ValueError(f"profiles.{profile} must be a mapping of grid keys")
-    exp = from_mapping(Experiment, {**doc["grid"], **overrides}, "",
+    exp = from_mapping(Experiment, {**doc["grid"], **chosen, **overrides}, "",
+                       variant=variant,
                        name=str(doc.get("name", Path(source).stem)), profile=profile,
                        description=str(doc.get("description", "")),
                        metric=str(doc.get("metric", "mAP@1000")))
@@ -466,8 +486,8 @@ def builtin_experiments() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_experiment(name_or_path: str | os.PathLike, profile: str) -> Experiment:
-    """A built-in experiment by name (``table1``) or any YAML file by path."""
+def _read(name_or_path: str | os.PathLike) -> tuple[Any, str]:
+    """The YAML document of a built-in experiment (``table1``) or of any file, and its name."""
     import yaml
 
     path = Path(name_or_path)
@@ -483,7 +503,24 @@ def load_experiment(name_or_path: str | os.PathLike, profile: str) -> Experiment
         res = resources.files("hashcondense.experiments") / "configs" / f"{name_or_path}.yaml"
         text, source = res.read_text(encoding="utf-8"), f"{name_or_path}.yaml"
     try:
-        doc = yaml.safe_load(text)
+        return yaml.safe_load(text), source
     except yaml.YAMLError as e:
         raise ValueError(f"{source}: not valid YAML ({e})") from None
-    return parse_experiment(doc, profile, source)
+
+
+def load_experiment(name_or_path: str | os.PathLike, profile: str,
+                    variant: str | None = None) -> Experiment:
+    """A built-in experiment by name (``table1``) or any YAML file by path."""
+    doc, source = _read(name_or_path)
+    return parse_experiment(doc, profile, source, variant)
+
+
+def load_experiments(name_or_path: str | os.PathLike, profile: str) -> list[Experiment]:
+    """Every variant of a grid file (one experiment when it names none), so one command runs
+    a study that compares whole settings; each variant keeps a store of its own."""
+    doc, source = _read(name_or_path)
+    try:
+        names = variant_names(doc)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    return [parse_experiment(doc, profile, source, v) for v in (names or (None,))]
