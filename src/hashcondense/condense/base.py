@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ..data import LabeledImages
 from ..normalization import Normalization
@@ -96,7 +96,7 @@ class Condenser(Protocol):
     algorithm_version: ClassVar[int]
     iterative: ClassVar[bool]
 
-    def with_runtime(self, runtime: Runtime) -> Self: ...
+    def with_runtime(self, runtime: Runtime) -> Condenser: ...
 
     def condense(
         self,
