@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import pytest
 
@@ -105,16 +104,13 @@ def test_new_grid_keys_protocol_judge_batch_size_and_report(monkeypatch):
     assert "judge.batch_size: must be a positive int" in error(
         {**BASE, "judge": {"batch_size": 0}})
 
-    from hashcondense.experiments import report
+    from hashcondense.experiments.report import SECTIONS  # the names the report declares
 
-    monkeypatch.setattr(report, "SECTIONS", SimpleNamespace(names=lambda: ["cost", "table"]),
-                        raising=False)
-    exp = parse_experiment({"grid": {**BASE, "report": ["table", "cost"]}}, "paper")
-    assert exp.report == ("table", "cost") and asdict(exp)["report"] == ("table", "cost")
-    assert "report: unknown ['tabel']; choose from cost, table" in error(
-        {**BASE, "report": ["tabel"]})
-    monkeypatch.delattr(report, "SECTIONS")  # a report without a registry takes any name
-    assert parse_experiment({"grid": {**BASE, "report": ["tabel"]}}, "paper").report == ("tabel",)
+    exp = parse_experiment({"grid": {**BASE, "report": ["table1", "cost"]}}, "paper")
+    assert exp.report == ("table1", "cost") and asdict(exp)["report"] == ("table1", "cost")
+    assert (f"report: unknown ['tabel']; choose from {', '.join(SECTIONS.names())}"
+            in error({**BASE, "report": ["tabel"]}))
+    assert "report: repeats a value" in error({**BASE, "report": ["cost", "cost"]})
 
 
 def test_condenser_entries_are_names_or_single_key_mappings():

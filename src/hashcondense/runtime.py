@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .settings import PRECISIONS
+from .settings import COMPILES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
-COMPILE_MODES = ("off", "on", "auto")
 
 
 def inductor_available(device: torch.device) -> bool:
@@ -81,8 +80,8 @@ def inductor_available(device: torch.device) -> bool:
 
 def resolve_compile(mode: str, device: torch.device) -> bool:
     """Whether to torch.compile: "auto" compiles where the backend can run."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode not in COMPILES:
+        raise ValueError(f"compile must be one of {COMPILES}, got {mode!r}")
     if mode == "off":
         return False
     available = inductor_available(device)

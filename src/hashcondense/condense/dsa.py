@@ -36,13 +36,13 @@ from ..augment import DSAConfig, DSAParams, apply_dsa, sample_dsa_params
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..runtime import (
-    COMPILE_MODES,
     CompiledModule,
     autocast,
     resolve_compile,
     resolve_device,
     resolve_precision,
 )
+from ..settings import COMPILES
 from ..synthetic import SyntheticSet
 from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable
@@ -94,8 +94,8 @@ class DSAMatchingConfig:
     compile: str = "off"  # first-order passes only (see the module docstring)
 
     def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {COMPILES}, got {self.compile!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got "
                              f"{self.distance!r}")

@@ -55,13 +55,13 @@ from ..augment import DSAConfig, apply_dsa, sample_dsa_params
 from ..data import LabeledImages
 from ..normalization import Normalization
 from ..runtime import (
-    COMPILE_MODES,
     CompiledModule,
     autocast,
     resolve_compile,
     resolve_device,
     resolve_precision,
 )
+from ..settings import COMPILES
 from ..synthetic import SyntheticSet, multi_formation_decode, multi_formation_init
 from .base import CONDENSERS, Budget, Runtime, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable
@@ -139,8 +139,8 @@ class IDCMatchingConfig:
     compile: str = "off"  # first-order passes only (see the module docstring)
 
     def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {COMPILES}, got {self.compile!r}")
         if self.preset != "auto" and self.preset not in IDC_PRESETS:
             raise ValueError(f"preset must be auto or one of {sorted(IDC_PRESETS)}, got "
                              f"{self.preset!r}")

@@ -30,7 +30,6 @@ from ..data import LabeledImages
 from ..models import build_backbone
 from ..normalization import Normalization
 from ..runtime import (
-    COMPILE_MODES,
     CompiledModule,
     autocast,
     chunked_forward,
@@ -39,6 +38,7 @@ from ..runtime import (
     resolve_device,
     resolve_precision,
 )
+from ..settings import COMPILES
 from ..synthetic import SyntheticSet, decoded_labels, multi_formation_decode, multi_formation_init
 from .base import Budget, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable, drive
@@ -88,8 +88,8 @@ class MatchingConfig:
     class_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {COMPILES}, got {self.compile!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.batch_real < 1:

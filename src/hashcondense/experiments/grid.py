@@ -2,8 +2,10 @@
 methods and seeds, under the compute profiles of ``hashcondense.recipes`` (``smoke`` for CI,
 ``cpu`` for a 2-core machine, ``paper`` for the paper's protocol on a GPU).
 
-A file has a ``grid`` (the paper's protocol) and ``profiles``; a profile replaces whole keys of
-the grid (lists and mappings are not merged, so a profile reads as exactly what it runs)::
+A file has a ``grid`` (the paper's protocol), optional ``variants`` (named overrides; a study
+comparing whole settings runs each into a store of its own) and ``profiles``; a variant and then
+a profile replace whole keys of the grid (lists and mappings are not merged, so a profile reads
+as exactly what it runs)::
 
     name: table1
     description: Paper Table I
@@ -21,6 +23,9 @@ the grid (lists and mappings are not merged, so a profile reads as exactly what 
       precision: auto
       compile: auto
       report: []                     # the report's sections (empty: the report decides)
+    variants:
+      bf16: {precision: bf16}
+      fp32: {precision: fp32}
     profiles:
       smoke: {datasets: {digits: {ipcs: [1]}}, budgets: {default: {iterations: 2}}}
 
@@ -252,13 +257,11 @@ class Experiment:
                     yield seed, ds, min(ds.ipcs), cond
 
 
-def _report_sections() -> tuple[str, ...] | None:
-    """The report's section names, where the report declares them (``SECTIONS``); None
-    accepts any name."""
-    from . import report
+def _report_sections() -> tuple[str, ...]:
+    """The report's section names (its registry), imported late: the report is heavier."""
+    from .report import SECTIONS
 
-    sections = getattr(report, "SECTIONS", None)
-    return None if sections is None else tuple(sections.names())
+    return tuple(SECTIONS.names())
 
 
 # -- building specs from YAML --------------------------------------------------------------

@@ -189,18 +189,13 @@ class ExperimentRunner:
         return self._judged[key]
 
     def train_config(self, whole: bool) -> TrainConfig:
+        """The recipe with the judge's overrides — the same ones its cell identity hashes."""
         judge = self.exp.judge
-        config = training_recipe(judge.recipe, whole=whole)
-        if whole and judge.whole_epochs is not None:
-            config = dataclasses.replace(config, epochs=judge.whole_epochs)
-        if not whole and judge.steps is not None:
-            config = dataclasses.replace(config, min_steps=judge.steps)
-        if not whole and judge.epochs is not None:
-            config = dataclasses.replace(config, epochs=judge.epochs)
-        if judge.batch_size is not None:
-            config = dataclasses.replace(config, batch_size=judge.batch_size)
-        return dataclasses.replace(config, precision=self.exp.precision,
-                                   compile=self.exp.compile)
+        fields = {"whole_epochs": "epochs", "steps": "min_steps", "epochs": "epochs",
+                  "batch_size": "batch_size"}
+        overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
+        return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
+                                   precision=self.exp.precision, compile=self.exp.compile)
 
     def budget(self, cond: CondenserSpec) -> Budget | None:
         """The budget ``cond`` condenses under (None: it takes none); see

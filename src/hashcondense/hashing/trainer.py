@@ -21,7 +21,6 @@ from ..augment import DSAConfig, dsa
 from ..models import HashingNetwork, build_backbone
 from ..models.hashing import sign_codes
 from ..runtime import (
-    COMPILE_MODES,
     CompiledModule,
     autocast,
     chunked_forward,
@@ -30,6 +29,7 @@ from ..runtime import (
     resolve_device,
     resolve_precision,
 )
+from ..settings import COMPILES
 from .base import HashBatch, HashMethod
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class TrainConfig:
     compile: str = "off"  # "auto": torch.compile where it can run; pays off beyond ~300 steps
 
     def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {COMPILES}, got {self.compile!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
