@@ -460,6 +460,41 @@ def test_snapshots_are_judged_for_iterative_condensers_only(tmp_path):
     assert dm[1]["condense_seconds"] <= dm[None]["condense_seconds"]
 
 
+def test_judge_snapshots_false_judges_final_sets_from_the_same_cache(tmp_path):
+    """A validation curve and a test-protocol judgement of its final set share one condensation:
+    ``judge_snapshots: false`` keeps the budget (and so the set's identity) and drops only the
+    snapshot cells."""
+    path = tmp_path / "curve.yaml"
+    path.write_text(TINY.replace("default: {iterations: 2}",
+                                 "default: {iterations: 3, snapshots: [1, 2]}")
+                    .replace("bits: [16, 32]", "bits: [16]")
+                    .replace("ipcs: [1, 2]", "ipcs: [1]")
+                    .replace("  condensers: [random, iem]\n", "  condensers: [random, iem]\n"
+                             "  protocol: validation\n")
+                    + "variants:\n  validation: {}\n"
+                      "  test: {protocol: test, judge_snapshots: false}\n")
+    cache = tmp_path / "sets"
+    from hashcondense.experiments.grid import load_experiments
+    sets = []
+    for exp in load_experiments(path, "smoke"):
+        run_experiment(exp, tmp_path / exp.variant, cache_dir=cache, progress=False)
+        sets.append(sorted(cache.glob("*/final.json")))
+    curve = read_jsonl(tmp_path / "validation" / "results.jsonl")
+    final = read_jsonl(tmp_path / "test" / "results.jsonl")
+    assert {(r["condenser"], r["iteration"]) for r in curve} >= {("dm", 1), ("dm", 2),
+                                                                  ("dm", None)}
+    assert {(r["condenser"], r["iteration"]) for r in final} == {
+        ("random", None), ("dm", None), ("iem-none", None)}
+    assert {r["protocol"] for r in curve} == {"validation"}
+    assert {r["protocol"] for r in final} == {"test"}
+    # the test variant condensed nothing again: it judged the validation run's sets
+    assert len(sets[0]) == 3 and sets[1] == sets[0]
+    with pytest.raises(ValueError, match="judge_snapshots"):
+        parse_experiment({"name": "x", "grid": {"datasets": {"digits": {"ipcs": [1]}},
+                                                "condensers": ["dm"], "judge_snapshots": "no"}},
+                         "smoke")
+
+
 def test_a_crash_between_snapshot_and_final_set_recondenses_cleanly(tmp_path, monkeypatch):
     from hashcondense.synthetic import SyntheticSet
 

@@ -20,6 +20,7 @@ as exactly what it runs)::
       budgets: {default: {iterations: 200}, dsa: {seconds: 600, snapshots: [10, 50]}}
       judge: {recipe: paper, steps: null, epochs: null, whole_epochs: null, batch_size: null}
       protocol: test                 # or validation: judged on a split carved from the database
+      judge_snapshots: true          # false: judge final sets only (snapshots still saved)
       precision: auto
       compile: auto
       report: []                     # the report's sections (empty: the report decides)
@@ -210,6 +211,9 @@ class Experiment:
     compile: str = "auto"
     split_seed: int = 0
     protocol: str = "test"
+    # judge the budgets' snapshots too (a curve); false: final sets only, so a study can judge
+    # on the test queries only the set a validation curve chose, from the same set cache
+    judge_snapshots: bool = True
     report: tuple[str, ...] = ()  # the report's sections, in order; empty: the report decides
     variant: str | None = None  # which of the file's named variants this is (None: it has none)
 
@@ -233,6 +237,9 @@ class Experiment:
         _choice(self.precision, "precision", PRECISIONS)
         _choice(self.compile, "compile", COMPILES)
         _choice(self.protocol, "protocol", PROTOCOLS)
+        if not isinstance(self.judge_snapshots, bool):
+            raise FieldError("judge_snapshots", f"must be true or false, got "
+                             f"{self.judge_snapshots!r}")
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) \
                 or self.split_seed < 0:
             raise FieldError("split_seed", f"must be an integer >= 0, got {self.split_seed!r}")

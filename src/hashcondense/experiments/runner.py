@@ -211,11 +211,12 @@ class ExperimentRunner:
             budget=self.budget(cond), precision=self.exp.precision))
 
     def versions_of(self, cond: CondenserSpec, condense_key: str) -> list[int | None]:
-        """The set versions judged: each snapshot before the end, then the final set. Coresets
-        (no iterations) take no snapshots; a wall-clock budget may end before a snapshot, so
+        """The set versions judged: each snapshot before the end, then the final set (only the
+        final set where the grid says ``judge_snapshots: false``). Coresets (no iterations) take
+        no snapshots; a wall-clock budget may end before a snapshot, so
         once a set is condensed, only the snapshots it saved count."""
         budget = self.budget(cond)
-        if budget is None:
+        if budget is None or not self.exp.judge_snapshots:
             return [None]
         limit = budget.iterations
         wanted = [s for s in budget.snapshots if limit is None or s < limit]
