@@ -99,8 +99,13 @@ def idc():  # the network lives 3 iterations: a checkpoint at 4 falls inside its
                                             "precision": "fp32"})
 
 
+def iem_trained():  # the trained network lives 3 iterations: a checkpoint at 4 falls inside
+    return iem(trained_networks={"inner_loop": 3, "steps": 2, "batch": 8})
+
+
 @pytest.mark.parametrize("make,state", [
     (iem, {"momentum_buffer"}), (dsa, {"momentum_buffer", "generator_state"}),
+    (iem_trained, {"momentum_buffer", "trained_net.0", "trained_net_momentum.0"}),
     (idc, {"momentum_buffer", "generator_state", "stored", "net.fc.weight"})])
 def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, make,
                                                                  state):
@@ -221,6 +226,9 @@ def test_gradient_matching_refuses_several_ranks_with_a_clear_message(digits):
             build_condenser(name).condense(train, 1, normalization=norm, seed=0,
                                            budget=Budget(iterations=1), progress=False,
                                            execution=Execution(world=world))
+    with pytest.raises(ValueError, match="trained_networks does not support world size"):
+        iem_trained().condense(train, 1, normalization=norm, seed=0, progress=False,
+                               budget=Budget(iterations=1), execution=Execution(world=world))
 
 
 # -- grids across workers, and the runner's checkpoints ---------------------------------------

@@ -21,6 +21,7 @@ registered in :data:`CONDENSERS`, which refuses a class that misses a declaratio
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -161,6 +162,8 @@ def _merge_options(defaults: object, options: Mapping[str, object], where: str) 
     merged = {}
     for key, value in options.items():
         default = getattr(defaults, key, None)
+        if isinstance(value, Mapping) and default is None:
+            default = _optional_config(defaults, key)  # a config that is off by default
         if isinstance(value, Mapping):
             if not dataclasses.is_dataclass(default):
                 raise ValueError(f"condenser option {where}.{key} is not a nested config; "
@@ -187,3 +190,14 @@ def check_ipc(train: LabeledImages, ipc: int) -> None:
         raise ValueError(
             f"ipc={ipc} exceeds the {smallest} training images of class {train.classes[c]!r}"
         )
+
+
+def _optional_config(defaults: object, key: str) -> object:
+    """The defaults of a nested config that is None (off) by default, from the field's type
+    (``X | None`` with X a dataclass), so a mapping in a grid switches it on; else None."""
+    try:
+        hint = typing.get_type_hints(type(defaults)).get(key)
+    except (NameError, TypeError):
+        return None
+    configs = [t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)]
+    return configs[0]() if len(configs) == 1 else None

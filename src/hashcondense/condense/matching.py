@@ -42,7 +42,8 @@ from ..settings import COMPILES
 from ..synthetic import SyntheticSet, decoded_labels, multi_formation_decode, multi_formation_init
 from .base import Budget, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable, drive
-from .streams import STREAMS_VERSION, stream
+from .networks import NetworkTrainer, TrainedNetworks
+from .streams import STREAMS_VERSION, stream, stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class MatchingConfig:
     # classes per forward/backward pass (the synthetic side keeps its graph, so this bounds
     # memory; results do not change); None: as many as keep a pass to SYN_PIXELS_PER_PASS
     class_batch: int | None = None
+    # None: a freshly initialised network every update (DM, IEM); else IDC's schedule of
+    # networks trained on real images between updates (networks.py)
+    trained_networks: TrainedNetworks | None = None
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILES:
@@ -202,6 +206,9 @@ def match_distributions(
     num_classes, f, res = len(train.classes), config.factor, train.resolution
     check_ipc(train, ipc * f * f)
     owned = world.owned_classes(num_classes)
+    if config.trained_networks is not None and world.size > 1:
+        raise ValueError(f"{method}: trained_networks does not support world size > 1 yet "
+                         "(each rank holds only its classes' real images)")
     # -- init: this rank's classes only ---------------------------------------------------
     members = [torch.nonzero(train.labels == c).flatten() for c in owned]
     own_images = train.images[torch.cat(members)].to(device)  # uint8; normalised per batch
@@ -214,6 +221,13 @@ def match_distributions(
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
+    trainer = None
+    if config.trained_networks is not None:
+        own_labels = torch.cat([torch.full((len(m),), c, dtype=torch.long)
+                                for c, m in zip(owned, members, strict=True)]).to(device)
+        trainer = NetworkTrainer(config.trained_networks, fresh_network(
+            config.backbone, in_channels=train.channels, resolution=res, seed=seed).to(device),
+            num_classes)
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
     rows = slice(owned.start * ipc, owned.stop * ipc)
     width = classes_per_pass(config, ipc, res)
@@ -248,8 +262,13 @@ def match_distributions(
 
     # -- one iteration ----------------------------------------------------------------------
     def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
-        reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
-                     seed=seed * 1_000_003 + it)
+        if trainer is None or trainer.starts_network(it):
+            reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
+                         seed=seed * 1_000_003 + it)
+            if trainer is not None:
+                trainer.fresh(net, seed=stream_seed(seed, "net-head", it))
+        else:
+            trainer.copy_into(net)
         if network_hook is not None:
             network_hook(net, stream(seed, "network", it))
         families = None if config.dsa is None else iteration_dsa(config.dsa,
@@ -258,6 +277,9 @@ def match_distributions(
         losses = [match_pass(group, [stream(seed, "class", owned[j], it) for j in group],
                              families) for group in passes]
         optimizer.step()
+        if trainer is not None:  # train on real images before the next update
+            trainer.train(own_images, own_labels, normalization, families, seed=seed,
+                          iteration=it, amp=amp)
         # the reported loss is summed in class order over all ranks: the same on any world
         return world.gather_classes(torch.cat(losses), num_classes).sum().item(), 1, True
 
@@ -274,14 +296,17 @@ def match_distributions(
                       "compiled": embed.compiled,
                       "dsa": config.dsa.strategy if config.dsa else "none",
                       "classes_per_pass": min(width, num_classes),
+                      "trained_networks": (None if config.trained_networks is None
+                                           else vars(config.trained_networks)),
                       "algorithm_version": ALGORITHM_VERSION,
                       "streams_version": STREAMS_VERSION},
         )
 
     def save_state() -> dict[str, torch.Tensor]:
         buffer = optimizer.state.get(stored, {}).get("momentum_buffer")
-        return {} if buffer is None else {
+        state = {} if buffer is None else {
             "momentum_buffer": world.gather_classes(buffer, num_classes)}
+        return state if trainer is None else {**state, **trainer.state()}
 
     def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
         expected = (num_classes * ipc, *stored.shape[1:])
@@ -293,6 +318,8 @@ def match_distributions(
         if "momentum_buffer" in state:
             optimizer.state[stored]["momentum_buffer"] = \
                 state["momentum_buffer"][rows].to(device).clone()
+        if trainer is not None:
+            trainer.load_state(state)
 
     return drive(budget, step, snapshot=snapshot, desc=f"condense {method} ipc={ipc}",
                  execution=execution, resumable=Resumable(save_state, restore),
