@@ -154,6 +154,16 @@ def test_builtin_experiments_load_in_every_profile():
         load_experiment("table1", "laptop")
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_study_grid_loads_in_every_profile(path):
+    # a grid file that fails to parse would only fail when someone runs the study
+    from hashcondense.experiments.grid import load_experiments
+    for profile in ("smoke", "cpu", "paper"):
+        experiments = load_experiments(path, profile)
+        assert experiments and all(next(e.cells(), None) is not None for e in experiments)
+
+
 @pytest.mark.parametrize("other", ["generalization",
                                    str(REPO / "benchmarks" / "configs" / "judge_length.yaml")])
 def test_grids_that_reuse_table1_sets_ask_for_the_same_condensation(other):
