@@ -9,8 +9,8 @@ import torch
 
 pytest.importorskip("sklearn")  # digits is the small real dataset
 
-from hashcondense.condense import Budget, build_condenser  # noqa: E402
-from hashcondense.condense.iem import PerturbConfig, perturb_weights  # noqa: E402
+from hashcondense.condense import Budget, Checkpointing, Execution, build_condenser  # noqa: E402
+from hashcondense.condense import checkpoint as ckpt  # noqa: E402
 from hashcondense.condense.matching import fresh_network  # noqa: E402
 from hashcondense.condense.networks import NetworkTrainer, TrainedNetworks  # noqa: E402
 from hashcondense.data import make_split  # noqa: E402
@@ -38,22 +38,20 @@ def test_a_grid_mapping_switches_the_schedule_on_with_its_defaults():
         iem(trained_networks={"inner_loops": 5})
 
 
-def trainer_for(train, steps: int, lr: float = 0.05) -> NetworkTrainer:
+def trainer_for(train, norm, steps: int, lr: float = 0.05) -> NetworkTrainer:
     net = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
                         seed=0)
-    return NetworkTrainer(TrainedNetworks(steps=steps, batch=64, lr=lr), net,
-                          len(train.classes))
+    return NetworkTrainer(TrainedNetworks(steps=steps, batch=64, lr=lr, augment=None), net,
+                          train.images, train.labels, norm, len(train.classes))
 
 
 def test_the_network_learns_from_real_images_between_updates(digits):
     train, norm = digits
-    trainer = trainer_for(train, steps=1, lr=0.2)
-    trainer.fresh(trainer.base, seed=1)
-    first = trainer.train(train.images, train.labels, norm, None, seed=0, iteration=0,
-                          amp=None)
+    trainer = trainer_for(train, norm, steps=1, lr=0.2)
+    trainer.fresh(trainer.base, torch.Generator().manual_seed(1))
+    first = trainer.train(seed=0, iteration=0, amp=None)
     for it in range(1, 80):
-        last = trainer.train(train.images, train.labels, norm, None, seed=0, iteration=it,
-                             amp=None)
+        last = trainer.train(seed=0, iteration=it, amp=None)
     assert first > 2.0 and last < 0.5 * first  # ln(10) = 2.3 at chance
     with torch.no_grad():
         x = norm.normalize(train.images)
@@ -61,19 +59,34 @@ def test_the_network_learns_from_real_images_between_updates(digits):
     assert accuracy > 0.6
 
 
-def test_perturbation_acts_on_the_matching_copy_only(digits):
+def test_the_trained_path_ignores_the_synthetic_set_and_the_perturbation(digits, tmp_path):
+    """The network is trained on real images only and perturbed on a copy: with weight
+    perturbation on or off and another image lr (other synthetic images), the trained weights
+    and momentum at a checkpoint inside a network's life are the same."""
     train, norm = digits
-    trainer = trainer_for(train, steps=1)
-    trainer.fresh(trainer.base, seed=1)
-    before = [p.detach().clone() for p in trainer.base.parameters()]
-    net = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
-                        seed=5).requires_grad_(False)
-    trainer.copy_into(net)
-    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before, strict=True))
-    perturb_weights(net, PerturbConfig(alpha=0.5), torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(trainer.base.parameters(), before,
-                                                 strict=True))
-    assert not torch.equal(next(net.parameters()), before[0])
+    schedule = {"inner_loop": 3, "steps": 2, "batch": 16}
+    states = []
+    for k, (network_aug, lr) in enumerate([(True, 5.0), (False, 5.0), (True, 0.5)]):
+        condenser = build_condenser("iem", network_aug=network_aug, matching={
+            "batch_real": 16, "compile": "off", "precision": "fp32", "lr": lr,
+            "trained_networks": schedule})
+        folder = tmp_path / str(k)
+        syn = condenser.condense(train, 1, normalization=norm, seed=4, progress=False,
+                                 budget=Budget(iterations=5), execution=Execution(
+                                     checkpointing=Checkpointing(folder, every_iterations=4)))
+        saved = ckpt.latest(folder)
+        assert saved is not None and saved.position.iteration == 4
+        states.append((syn.images, {k: v for k, v in saved.state.items()
+                                    if k.startswith("trained_net")}))
+    (images, trained), *others = states
+    assert len(trained) > 4
+    for other_images, other in others:
+        assert not torch.equal(images, other_images)
+        assert other.keys() == trained.keys()
+        assert all(torch.equal(trained[k], other[k]) for k in trained)
+    fresh = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
+                          seed=4 * 1_000_003 + 3)  # the network iteration 3 started from
+    assert not torch.equal(trained["trained_net.0"], next(fresh.parameters()))  # it trained
 
 
 def test_trained_networks_change_the_set_and_runs_repeat(digits):

@@ -485,10 +485,11 @@ def test_judge_snapshots_false_judges_final_sets_from_the_same_cache(tmp_path):
                       "  test: {protocol: test, judge_snapshots: false}\n")
     cache = tmp_path / "sets"
     from hashcondense.experiments.grid import load_experiments
-    sets = []
+    sets, condensed = [], []
     for exp in load_experiments(path, "smoke"):
-        run_experiment(exp, tmp_path / exp.variant, cache_dir=cache, progress=False)
+        summary = run_experiment(exp, tmp_path / exp.variant, cache_dir=cache, progress=False)
         sets.append(sorted(cache.glob("*/final.json")))
+        condensed.append(summary.condensed)
     curve = read_jsonl(tmp_path / "validation" / "results.jsonl")
     final = read_jsonl(tmp_path / "test" / "results.jsonl")
     assert {(r["condenser"], r["iteration"]) for r in curve} >= {("dm", 1), ("dm", 2),
@@ -499,6 +500,8 @@ def test_judge_snapshots_false_judges_final_sets_from_the_same_cache(tmp_path):
     assert {r["protocol"] for r in final} == {"test"}
     # the test variant condensed nothing again: it judged the validation run's sets
     assert len(sets[0]) == 3 and sets[1] == sets[0]
+    assert len(condensed[0]) == 3 and condensed[1] == []
+    assert len(list(cache.glob("*/snapshot-2.json"))) == 2  # dm's and iem-none's, still there
     with pytest.raises(ValueError, match="judge_snapshots"):
         parse_experiment({"name": "x", "grid": {"datasets": {"digits": {"ipcs": [1]}},
                                                 "condensers": ["dm"], "judge_snapshots": "no"}},

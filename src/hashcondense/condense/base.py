@@ -158,7 +158,8 @@ def build_condenser(name: str, **kwargs: object) -> Condenser:
 
 
 def _merge_options(defaults: object, options: Mapping[str, object], where: str) -> dict:
-    """Options with every mapping merged (recursively) into the dataclass default it replaces."""
+    """Options with every mapping merged (recursively) into the dataclass default it replaces
+    (or, for a config that is off by default, into that config's own defaults)."""
     merged = {}
     for key, value in options.items():
         default = getattr(defaults, key, None)
@@ -195,9 +196,6 @@ def check_ipc(train: LabeledImages, ipc: int) -> None:
 def _optional_config(defaults: object, key: str) -> object:
     """The defaults of a nested config that is None (off) by default, from the field's type
     (``X | None`` with X a dataclass), so a mapping in a grid switches it on; else None."""
-    try:
-        hint = typing.get_type_hints(type(defaults)).get(key)
-    except (NameError, TypeError):
-        return None
+    hint = typing.get_type_hints(type(defaults)).get(key)
     configs = [t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)]
     return configs[0]() if len(configs) == 1 else None

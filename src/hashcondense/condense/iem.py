@@ -1,7 +1,8 @@
 """IEM — Information-intensive feature-Embedding Matching (Feng et al., ICASSP 2025; §III).
 
 Distribution matching in the backbone's feature-embedding space (Eq. 7) plus
-(a) network augmentation (Eq. 4): every freshly initialised network is perturbed,
+(a) network augmentation (Eq. 4): every matching network (freshly initialised, or IDC's
+    trained one with ``matching.trained_networks``, perturbed on a copy) is perturbed,
     θ' = θ + α·d with d ~ N(0, I) rescaled to the Frobenius norm of the weights (per output
     filter by default, as Acc-DD's filter normalisation; per layer as an option), biases and
     norm parameters untouched; |α| ~ U(α_min, α_max) with a random sign unless fixed;

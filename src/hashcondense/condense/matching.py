@@ -7,12 +7,14 @@ alone. The siamese DSA draw is per class (one draw per class shared by its real 
 images), expanded to per-sample parameters with ``DSAParams.take``.
 
 Random streams (``streams.py``): the network of iteration t and its weight perturbation come
-from (seed, t); the augmentation family of mode "S" from (seed, t) as well (one family per
-iteration for all classes; the DM reference draws one per class); each class's initial images
-from (seed, class) and its real batch (drawn without replacement) and DSA parameters from
-(seed, class, t). A rank that owns any subset of the classes therefore computes what one
-process computes for them. Version 2 of the loop (``ALGORITHM_VERSION``); version 1 drew
-everything from one generator in class order, so its numbers differ.
+from (seed, t) (with ``trained_networks``: the network of t's outer iteration, trained between
+updates from the (seed, t, step) streams, its weights carried in checkpoints); the augmentation
+family of mode "S" from (seed, t) as well (one family per iteration for all classes; the DM
+reference draws one per class); each class's initial images from (seed, class) and its real
+batch (drawn without replacement) and DSA parameters from (seed, class, t). A rank that owns
+any subset of the classes therefore computes what one process computes for them. Version 2 of
+the loop (``ALGORITHM_VERSION``); version 1 drew everything from one generator in class order,
+so its numbers differ.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -43,7 +45,7 @@ from ..synthetic import SyntheticSet, decoded_labels, multi_formation_decode, mu
 from .base import Budget, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable, drive
 from .networks import NetworkTrainer, TrainedNetworks
-from .streams import STREAMS_VERSION, stream, stream_seed
+from .streams import STREAMS_VERSION, stream
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +223,15 @@ def match_distributions(
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
-    trainer = None
+    trainer: NetworkTrainer | None = None
     if config.trained_networks is not None:
         own_labels = torch.cat([torch.full((len(m),), c, dtype=torch.long)
                                 for c, m in zip(owned, members, strict=True)]).to(device)
-        trainer = NetworkTrainer(config.trained_networks, fresh_network(
-            config.backbone, in_channels=train.channels, resolution=res, seed=seed).to(device),
-            num_classes)
+        trainer = NetworkTrainer(
+            config.trained_networks,
+            fresh_network(config.backbone, in_channels=train.channels, resolution=res,
+                          seed=seed).to(device),
+            own_images, own_labels, normalization, num_classes)
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
     rows = slice(owned.start * ipc, owned.stop * ipc)
     width = classes_per_pass(config, ipc, res)
@@ -266,7 +270,7 @@ def match_distributions(
             reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
                          seed=seed * 1_000_003 + it)
             if trainer is not None:
-                trainer.fresh(net, seed=stream_seed(seed, "net-head", it))
+                trainer.fresh(net, stream(seed, "net-head", it))
         else:
             trainer.copy_into(net)
         if network_hook is not None:
@@ -277,9 +281,8 @@ def match_distributions(
         losses = [match_pass(group, [stream(seed, "class", owned[j], it) for j in group],
                              families) for group in passes]
         optimizer.step()
-        if trainer is not None:  # train on real images before the next update
-            trainer.train(own_images, own_labels, normalization, families, seed=seed,
-                          iteration=it, amp=amp)
+        if trainer is not None and not trainer.starts_network(it + 1):
+            trainer.train(seed=seed, iteration=it, amp=amp)  # before the next update
         # the reported loss is summed in class order over all ranks: the same on any world
         return world.gather_classes(torch.cat(losses), num_classes).sum().item(), 1, True
 
@@ -297,7 +300,7 @@ def match_distributions(
                       "dsa": config.dsa.strategy if config.dsa else "none",
                       "classes_per_pass": min(width, num_classes),
                       "trained_networks": (None if config.trained_networks is None
-                                           else vars(config.trained_networks)),
+                                           else asdict(config.trained_networks)),
                       "algorithm_version": ALGORITHM_VERSION,
                       "streams_version": STREAMS_VERSION},
         )
