@@ -94,10 +94,9 @@ class NetworkTrainer:
         nn.Linear's own initialisation range, no momentum."""
         for target, value in zip(self.base.parameters(), weights.parameters(), strict=True):
             target.copy_(value)
-        g = generator
         bound = 1.0 / self.head.in_features ** 0.5  # nn.Linear's own initialisation range
         for p in self.head.parameters():
-            p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound)
+            p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
         self.optimizer.state.clear()
 
     @torch.no_grad()
