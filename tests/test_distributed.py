@@ -93,6 +93,10 @@ def dsa():
                                             "compile": "off", "precision": "fp32"})
 
 
+def iem_interpolated():  # DANCE: resuming redraws the network's initial weights from its seed
+    return iem(trained_networks={"inner_loop": 3, "steps": 2, "batch": 8, "interpolate": True})
+
+
 def idc():  # the network lives 3 iterations: a checkpoint at 4 falls inside its life
     return build_condenser("idc", matching={"inner_loop": 2, "batch_real": 8, "n_data": 16,
                                             "reinit_every": 3, "compile": "off",
@@ -106,6 +110,7 @@ def iem_trained():  # the trained network lives 3 iterations: a checkpoint at 4 
 @pytest.mark.parametrize("make,state", [
     (iem, {"momentum_buffer"}), (dsa, {"momentum_buffer", "generator_state"}),
     (iem_trained, {"momentum_buffer", "trained_net.0", "trained_net_momentum.0"}),
+    (iem_interpolated, {"momentum_buffer", "trained_net.0"}),
     (idc, {"momentum_buffer", "generator_state", "stored", "net.fc.weight"})])
 def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, make,
                                                                  state):

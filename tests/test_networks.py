@@ -100,3 +100,31 @@ def test_trained_networks_change_the_set_and_runs_repeat(digits):
     assert not torch.equal(a.images, fresh.images)
     assert a.metadata["trained_networks"]["inner_loop"] == 2
     assert fresh.metadata["trained_networks"] is None
+
+
+def test_copy_into_with_a_mix_lands_on_the_segment_between_initial_and_trained(digits):
+    train, norm = digits
+    trainer = trainer_for(train, norm, steps=3, lr=0.2)
+    trainer.fresh(trainer.base, torch.Generator().manual_seed(1))
+    init = [p.detach().clone() for p in trainer.base.parameters()]
+    trainer.train(seed=0, iteration=0, amp=None)
+    trained = [p.detach().clone() for p in trainer.base.parameters()]
+    net = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
+                        seed=0)  # the initial weights, as the loop redraws them
+    trainer.copy_into(net, mix=0.25)
+    for got, a, b in zip(net.parameters(), init, trained, strict=True):
+        torch.testing.assert_close(got, 0.25 * a + 0.75 * b)
+    trainer.copy_into(net)
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), trained, strict=True))
+
+
+def test_interpolated_networks_change_the_set_and_repeat(digits):
+    train, norm = digits
+    schedule = {"inner_loop": 3, "steps": 2, "batch": 16}
+    kwargs = dict(normalization=norm, seed=3, progress=False, budget=Budget(iterations=5))
+    plain = iem(trained_networks=schedule).condense(train, 1, **kwargs)
+    mixed = iem(trained_networks={**schedule, "interpolate": True})
+    a, b = mixed.condense(train, 1, **kwargs), mixed.condense(train, 1, **kwargs)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(plain.images, a.images)
+    assert a.metadata["trained_networks"]["interpolate"] is True

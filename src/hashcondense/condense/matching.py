@@ -66,6 +66,24 @@ def class_matching_losses(real_means: torch.Tensor, syn_means: torch.Tensor) -> 
     return ((real_means.detach().float() - syn_means.float()) ** 2).sum(1)
 
 
+def class_covariance_losses(real: torch.Tensor, real_groups: torch.Tensor, syn: torch.Tensor,
+                            syn_groups: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """‖Σ(f(real_c)) − Σ(f(syn_c))‖²_F per class, (C,): the second-order term of IID (Deng et
+    al. 2024), with biased covariances. Computed from Gram matrices, ‖XᵀX/n − YᵀY/m‖² =
+    ‖XXᵀ‖²/n² − 2‖XYᵀ‖²/nm + ‖YYᵀ‖²/m², so a 2,048-dim embedding never builds a D×D matrix;
+    the real side carries no gradient."""
+    real = real.detach().float()
+    losses = []
+    for c in range(num_classes):
+        x = real[real_groups == c]
+        y = syn[syn_groups == c].float()
+        x, y = x - x.mean(0), y - y.mean(0)
+        n, m = len(x), len(y)
+        losses.append((x @ x.T).square().sum() / n**2 - 2 * (x @ y.T).square().sum() / (n * m)
+                      + (y @ y.T).square().sum() / m**2)
+    return torch.stack(losses)
+
+
 def distribution_matching_loss(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
     """Σ_c ‖mean f(real_c) − mean f(syn_c)‖² (IEM Eq. 7): the linear-kernel MMD summed over
     classes. real_means, syn_means: (C, D); the real side carries no gradient."""
@@ -92,6 +110,8 @@ class MatchingConfig:
     # None: a freshly initialised network every update (DM, IEM); else IDC's schedule of
     # networks trained on real images between updates (networks.py)
     trained_networks: TrainedNetworks | None = None
+    # IID's second-order term: + weight · Σ_c ‖Σ_real_c − Σ_syn_c‖²_F (0: DM's loss as published)
+    covariance_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILES:
@@ -104,6 +124,8 @@ class MatchingConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.real_chunk is not None and self.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 or None, got {self.real_chunk}")
+        if not self.covariance_weight >= 0:
+            raise ValueError(f"covariance_weight must be >= 0, got {self.covariance_weight}")
         if self.class_batch is not None and self.class_batch < 1:
             raise ValueError(f"class_batch must be >= 1 or None, got {self.class_batch}")
 
@@ -259,8 +281,12 @@ def match_distributions(
             real_features = chunked_forward(embed, x_real, real_chunk, pad=embed.compiled)
             real_means = class_means(real_features.float(), real_groups, len(group))
         with autocast(device, amp):
-            syn_means = class_means(embed(x_syn).float(), syn_groups, len(group))
+            syn_features = embed(x_syn).float()
+        syn_means = class_means(syn_features, syn_groups, len(group))
         per_class = class_matching_losses(real_means, syn_means)
+        if config.covariance_weight:
+            per_class = per_class + config.covariance_weight * class_covariance_losses(
+                real_features, real_groups, syn_features, syn_groups, len(group))
         per_class.sum().backward()  # a class's gradient comes from its own term only
         return per_class.detach()
 
@@ -271,6 +297,11 @@ def match_distributions(
                          seed=seed * 1_000_003 + it)
             if trainer is not None:
                 trainer.fresh(net, stream(seed, "net-head", it))
+        elif trainer.schedule.interpolate:
+            reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
+                         seed=seed * 1_000_003 + trainer.start_of(it))
+            mix = torch.rand((), generator=stream(seed, "net-mix", it)).item()
+            trainer.copy_into(net, mix)
         else:
             trainer.copy_into(net)
         if network_hook is not None:
@@ -299,6 +330,7 @@ def match_distributions(
                       "compiled": embed.compiled,
                       "dsa": config.dsa.strategy if config.dsa else "none",
                       "classes_per_pass": min(width, num_classes),
+                      "covariance_weight": config.covariance_weight,
                       "trained_networks": (None if config.trained_networks is None
                                            else asdict(config.trained_networks)),
                       "algorithm_version": ALGORITHM_VERSION,

@@ -13,6 +13,12 @@ DiffAug families without cutout; IDC's CutMix is not applied). IEM's weight pert
 perturbation never accumulates in the trained network, and the trained network's path depends
 on the seed and the real images alone, never on the synthetic set.
 
+With ``interpolate`` (DANCE, Zhang et al. 2024) the matching network of an update is a point
+drawn uniformly on the segment between the outer iteration's initial weights and the trained
+ones, θ = λ·θ_init + (1 − λ)·θ_trained with λ ~ U(0, 1), so the matched stages of training
+are spread evenly rather than following one trajectory; the initial weights are redrawn from
+the outer iteration's seed, not stored.
+
 Every draw comes from the counter-based streams (``streams.py``) and the trained weights and
 momentum buffers travel in checkpoints, so a resumed run is bit-identical to an uninterrupted
 one.
@@ -47,6 +53,7 @@ class TrainedNetworks:
     weight_decay: float = 5e-4
     augment: DSAConfig | None = field(
         default_factory=lambda: DSAConfig(strategy="color_crop_flip_scale_rotate", mode="M"))
+    interpolate: bool = False  # DANCE: match under λ·θ_init + (1 − λ)·θ_trained, λ ~ U(0, 1)
 
     def __post_init__(self) -> None:
         for name in ("inner_loop", "steps", "batch"):
@@ -99,11 +106,19 @@ class NetworkTrainer:
             p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
         self.optimizer.state.clear()
 
+    def start_of(self, iteration: int) -> int:
+        """The update at which ``iteration``'s network began (its initialisation's seed)."""
+        return iteration - iteration % self.schedule.inner_loop
+
     @torch.no_grad()
-    def copy_into(self, net: nn.Module) -> None:
-        """Give the matching network the trained backbone's current weights."""
+    def copy_into(self, net: nn.Module, mix: float | None = None) -> None:
+        """Give the matching network the trained backbone's current weights; with ``mix`` = λ,
+        ``net`` holds the initial weights and becomes λ·θ_init + (1 − λ)·θ_trained."""
         for target, value in zip(net.parameters(), self.base.parameters(), strict=True):
-            target.copy_(value)
+            if mix is None:
+                target.copy_(value)
+            else:
+                target.mul_(mix).add_(value, alpha=1.0 - mix)
 
     def train(self, *, seed: int, iteration: int, amp: torch.dtype | None) -> torch.Tensor:
         """``steps`` SGD steps, each on ``batch`` distinct real images drawn (with their
