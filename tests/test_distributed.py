@@ -97,6 +97,11 @@ def iem_interpolated():  # DANCE: resuming redraws the network's initial weights
     return iem(trained_networks={"inner_loop": 3, "steps": 2, "batch": 8, "interpolate": True})
 
 
+def iem_queue():  # IDM: a full queue of 3 at the checkpoint; the oldest leaves on resuming
+    return iem(trained_networks={"inner_loop": 1, "steps": 1, "batch": 8, "queue": 3,
+                                 "train_count": 2})
+
+
 def idc():  # the network lives 3 iterations: a checkpoint at 4 falls inside its life
     return build_condenser("idc", matching={"inner_loop": 2, "batch_real": 8, "n_data": 16,
                                             "reinit_every": 3, "compile": "off",
@@ -111,6 +116,7 @@ def iem_trained():  # the trained network lives 3 iterations: a checkpoint at 4 
     (iem, {"momentum_buffer"}), (dsa, {"momentum_buffer", "generator_state"}),
     (iem_trained, {"momentum_buffer", "trained_net.0", "trained_net_momentum.0"}),
     (iem_interpolated, {"momentum_buffer", "trained_net.0"}),
+    (iem_queue, {"trained_net_joined", "trained_net.0", "trained_net1.0", "trained_net2.0"}),
     (idc, {"momentum_buffer", "generator_state", "stored", "net.fc.weight"})])
 def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, make,
                                                                  state):

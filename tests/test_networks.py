@@ -34,6 +34,8 @@ def test_a_grid_mapping_switches_the_schedule_on_with_its_defaults():
     assert iem().matching.trained_networks is None  # off by default: DM / IEM as published
     with pytest.raises(ValueError, match="trained_networks.steps must be >= 1"):
         iem(trained_networks={"steps": 0})
+    with pytest.raises(ValueError, match="train_count .3. cannot exceed"):
+        iem(trained_networks={"queue": 2, "train_count": 3})
     with pytest.raises(ValueError, match="inner_loops"):
         iem(trained_networks={"inner_loops": 5})
 
@@ -128,3 +130,26 @@ def test_interpolated_networks_change_the_set_and_repeat(digits):
     assert torch.equal(a.images, b.images)
     assert not torch.equal(plain.images, a.images)
     assert a.metadata["trained_networks"]["interpolate"] is True
+
+
+def test_a_queue_keeps_the_newest_networks_and_trains_them_apart(digits, tmp_path):
+    """IDM's queue: at a checkpoint after 9 updates with a new network every 2 and room for 3,
+    the members are those that joined at 4, 6 and 8; members trained at different updates differ from
+    each other and from their initial weights; the run differs from the single network's."""
+    train, norm = digits
+    schedule = {"inner_loop": 2, "steps": 1, "batch": 16, "queue": 3, "train_count": 2}
+    kwargs = dict(normalization=norm, seed=5, progress=False, budget=Budget(iterations=10))
+    folder = tmp_path / "ckpt"
+    queued = iem(trained_networks=schedule).condense(
+        train, 1, **kwargs, execution=Execution(
+            checkpointing=Checkpointing(folder, every_iterations=9)))
+    saved = ckpt.latest(folder)
+    assert saved is not None and saved.state["trained_net_joined"].tolist() == [4, 6, 8]
+    first = [saved.state[f"{p}.0"] for p in ("trained_net", "trained_net1", "trained_net2")]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    init = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
+                         seed=5 * 1_000_003 + 4)
+    assert not torch.equal(first[0], next(init.parameters()))
+    single = iem(trained_networks={**schedule, "queue": 1, "train_count": 1}).condense(
+        train, 1, **kwargs)
+    assert not torch.equal(queued.images, single.images)

@@ -7,8 +7,9 @@ alone. The siamese DSA draw is per class (one draw per class shared by its real 
 images), expanded to per-sample parameters with ``DSAParams.take``.
 
 Random streams (``streams.py``): the network of iteration t and its weight perturbation come
-from (seed, t) (with ``trained_networks``: the network of t's outer iteration, trained between
-updates from the (seed, t, step) streams, its weights carried in checkpoints); the augmentation
+from (seed, t) (with ``trained_networks``: the queue member drawn from (seed, t), trained
+between updates from the (seed, t, step) streams, its weights carried in checkpoints; see
+``networks.py``); the augmentation
 family of mode "S" from (seed, t) as well (one family per iteration for all classes; the DM
 reference draws one per class); each class's initial images from (seed, class) and its real
 batch (drawn without replacement) and DSA parameters from (seed, class, t). A rank that owns
@@ -44,7 +45,7 @@ from ..settings import COMPILES
 from ..synthetic import SyntheticSet, decoded_labels, multi_formation_decode, multi_formation_init
 from .base import Budget, SnapshotCallback, check_ipc
 from .driver import Execution, Resumable, drive
-from .networks import NetworkTrainer, TrainedNetworks
+from .networks import NetworkQueue, NetworkTrainer, TrainedNetworks
 from .streams import STREAMS_VERSION, stream
 
 log = logging.getLogger(__name__)
@@ -245,15 +246,22 @@ def match_distributions(
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
-    trainer: NetworkTrainer | None = None
+    networks: NetworkQueue | None = None
     if config.trained_networks is not None:
         own_labels = torch.cat([torch.full((len(m),), c, dtype=torch.long)
                                 for c, m in zip(owned, members, strict=True)]).to(device)
-        trainer = NetworkTrainer(
-            config.trained_networks,
-            fresh_network(config.backbone, in_channels=train.channels, resolution=res,
-                          seed=seed).to(device),
-            own_images, own_labels, normalization, num_classes)
+        schedule = config.trained_networks
+
+        def make_trainer() -> NetworkTrainer:
+            return NetworkTrainer(schedule, fresh_network(
+                config.backbone, in_channels=train.channels, resolution=res,
+                seed=seed).to(device), own_images, own_labels, normalization, num_classes)
+
+        def initialise(target: nn.Module, joined: int) -> None:
+            reinitialise(target, config.backbone, in_channels=train.channels, resolution=res,
+                         seed=seed * 1_000_003 + joined)
+
+        networks = NetworkQueue(schedule, make_trainer, initialise)
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
     rows = slice(owned.start * ipc, owned.stop * ipc)
     width = classes_per_pass(config, ipc, res)
@@ -292,18 +300,11 @@ def match_distributions(
 
     # -- one iteration ----------------------------------------------------------------------
     def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
-        if trainer is None or trainer.starts_network(it):
+        if networks is None:
             reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
                          seed=seed * 1_000_003 + it)
-            if trainer is not None:
-                trainer.fresh(net, stream(seed, "net-head", it))
-        elif trainer.schedule.interpolate:
-            reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
-                         seed=seed * 1_000_003 + trainer.start_of(it))
-            mix = torch.rand((), generator=stream(seed, "net-mix", it)).item()
-            trainer.copy_into(net, mix)
         else:
-            trainer.copy_into(net)
+            networks.prepare(net, it, seed)
         if network_hook is not None:
             network_hook(net, stream(seed, "network", it))
         families = None if config.dsa is None else iteration_dsa(config.dsa,
@@ -312,8 +313,8 @@ def match_distributions(
         losses = [match_pass(group, [stream(seed, "class", owned[j], it) for j in group],
                              families) for group in passes]
         optimizer.step()
-        if trainer is not None and not trainer.starts_network(it + 1):
-            trainer.train(seed=seed, iteration=it, amp=amp)  # before the next update
+        if networks is not None:
+            networks.train(it, seed, amp)  # before the next update
         # the reported loss is summed in class order over all ranks: the same on any world
         return world.gather_classes(torch.cat(losses), num_classes).sum().item(), 1, True
 
@@ -341,7 +342,7 @@ def match_distributions(
         buffer = optimizer.state.get(stored, {}).get("momentum_buffer")
         state = {} if buffer is None else {
             "momentum_buffer": world.gather_classes(buffer, num_classes)}
-        return state if trainer is None else {**state, **trainer.state()}
+        return state if networks is None else {**state, **networks.state()}
 
     def restore(images: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
         expected = (num_classes * ipc, *stored.shape[1:])
@@ -353,8 +354,8 @@ def match_distributions(
         if "momentum_buffer" in state:
             optimizer.state[stored]["momentum_buffer"] = \
                 state["momentum_buffer"][rows].to(device).clone()
-        if trainer is not None:
-            trainer.load_state(state)
+        if networks is not None:
+            networks.load_state(state)
 
     return drive(budget, step, snapshot=snapshot, desc=f"condense {method} ipc={ipc}",
                  execution=execution, resumable=Resumable(save_state, restore),

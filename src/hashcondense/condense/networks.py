@@ -13,6 +13,13 @@ DiffAug families without cutout; IDC's CutMix is not applied). IEM's weight pert
 perturbation never accumulates in the trained network, and the trained network's path depends
 on the seed and the real images alone, never on the synthetic set.
 
+With ``queue`` > 1 (IDM, Zhao et al. 2023) several networks live at once: a new one joins every
+``inner_loop`` updates and the oldest leaves once ``queue`` are alive; each update matches under
+one member drawn uniformly, then ``train_count`` distinct members take their training steps, so
+the matched networks span many stages of training at every point of the run (IDM's CIFAR
+settings: queue 100, a new network every 30 iterations, 2 members trained 10 steps each). With
+``queue`` = 1 this is the single-network schedule above, draw for draw.
+
 With ``interpolate`` (DANCE, Zhang et al. 2024) the matching network of an update is a point
 drawn uniformly on the segment between the outer iteration's initial weights and the trained
 ones, θ = λ·θ_init + (1 − λ)·θ_trained with λ ~ U(0, 1), so the matched stages of training
@@ -26,6 +33,7 @@ one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,10 +48,11 @@ from .streams import stream
 
 @dataclass(frozen=True)
 class TrainedNetworks:
-    """IDC's schedule: ``inner_loop`` updates per network (IDC: 100), ``steps`` SGD steps on
-    ``batch`` real images after each update (IDC: n_data 2,000 at batch 64 = 32 steps on
-    CIFAR), its net optimiser (SGD lr 0.01, momentum 0.9, weight decay 5e-4); ``augment``
-    per training image (None: none)."""
+    """IDC's schedule: a new network every ``inner_loop`` updates (IDC: 100), ``steps`` SGD
+    steps on ``batch`` real images after each update (IDC: n_data 2,000 at batch 64 = 32 steps
+    on CIFAR), its net optimiser (SGD lr 0.01, momentum 0.9, weight decay 5e-4); ``augment``
+    per training image (None: none). IDM's queue: ``queue`` networks alive at once,
+    ``train_count`` of them trained after each update."""
 
     inner_loop: int = 100
     steps: int = 1
@@ -54,9 +63,14 @@ class TrainedNetworks:
     augment: DSAConfig | None = field(
         default_factory=lambda: DSAConfig(strategy="color_crop_flip_scale_rotate", mode="M"))
     interpolate: bool = False  # DANCE: match under λ·θ_init + (1 − λ)·θ_trained, λ ~ U(0, 1)
+    queue: int = 1  # IDM: networks alive at once (its net_num: 100)
+    train_count: int = 1  # IDM: members trained after each update (its fetch_net_num: 2)
 
     def __post_init__(self) -> None:
-        for name in ("inner_loop", "steps", "batch"):
+        if self.train_count > self.queue:
+            raise ValueError(f"trained_networks.train_count ({self.train_count}) cannot exceed "
+                             f"trained_networks.queue ({self.queue})")
+        for name in ("inner_loop", "steps", "batch", "queue", "train_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trained_networks.{name} must be >= 1, got "
                                  f"{getattr(self, name)}")
@@ -91,10 +105,6 @@ class NetworkTrainer:
         """Backbone then head: the order of the checkpoint's tensors."""
         return [*self.base.parameters(), *self.head.parameters()]
 
-    def starts_network(self, iteration: int) -> bool:
-        """Whether update ``iteration`` begins a new network (every ``inner_loop``)."""
-        return iteration % self.schedule.inner_loop == 0
-
     @torch.no_grad()
     def fresh(self, weights: nn.Module, generator: torch.Generator) -> None:
         """Start a network: ``weights``' parameters, a head drawn from ``generator`` with
@@ -106,10 +116,6 @@ class NetworkTrainer:
             p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
         self.optimizer.state.clear()
 
-    def start_of(self, iteration: int) -> int:
-        """The update at which ``iteration``'s network began (its initialisation's seed)."""
-        return iteration - iteration % self.schedule.inner_loop
-
     @torch.no_grad()
     def copy_into(self, net: nn.Module, mix: float | None = None) -> None:
         """Give the matching network the trained backbone's current weights; with ``mix`` = λ,
@@ -120,14 +126,16 @@ class NetworkTrainer:
             else:
                 target.mul_(mix).add_(value, alpha=1.0 - mix)
 
-    def train(self, *, seed: int, iteration: int, amp: torch.dtype | None) -> torch.Tensor:
+    def train(self, *, seed: int, iteration: int, amp: torch.dtype | None,
+              slot: int = 0) -> torch.Tensor:
         """``steps`` SGD steps, each on ``batch`` distinct real images drawn (with their
-        augmentation) from the (seed, iteration, step) stream; the last step's loss."""
+        augmentation) from the (seed, iteration, step) stream — (…, step, slot) for the
+        queue's second and later members trained at an update; the last step's loss."""
         device, res = self.images.device, self.images.shape[-1]
         augment = self.schedule.augment
         loss = torch.zeros(())
         for k in range(self.schedule.steps):
-            g = stream(seed, "net-train", iteration, k)
+            g = stream(seed, "net-train", iteration, k, *((slot,) if slot else ()))
             pick = torch.randperm(len(self.images), generator=g)[:self.schedule.batch]
             pick = pick.to(device)
             x = self.normalization.normalize(self.images[pick])
@@ -143,26 +151,94 @@ class NetworkTrainer:
             self.optimizer.step()
         return loss.detach()
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self, prefix: str = "trained_net") -> dict[str, torch.Tensor]:
         """Weights and momentum buffers as named tensors, for a checkpoint."""
         out = {}
         for i, p in enumerate(self.parameters()):
-            out[f"trained_net.{i}"] = p.detach().clone()
+            out[f"{prefix}.{i}"] = p.detach().clone()
             buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buffer is not None:
-                out[f"trained_net_momentum.{i}"] = buffer.clone()
+                out[f"{prefix}_momentum.{i}"] = buffer.clone()
         return out
 
     @torch.no_grad()
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state(self, state: dict[str, torch.Tensor], prefix: str = "trained_net") -> None:
         """Restore what :meth:`state` saved (a checkpoint of a run with this schedule)."""
         self.optimizer.state.clear()
         for i, p in enumerate(self.parameters()):
-            key = f"trained_net.{i}"
+            key = f"{prefix}.{i}"
             if key not in state:
                 raise ValueError(f"checkpoint has no {key}: it was not written by a run with "
-                                 "trained_networks")
+                                 "this trained_networks schedule")
             p.copy_(state[key].to(p.device))
-            buffer = state.get(f"trained_net_momentum.{i}")
+            buffer = state.get(f"{prefix}_momentum.{i}")
             if buffer is not None:
                 self.optimizer.state[p]["momentum_buffer"] = buffer.to(p.device).clone()
+
+
+class NetworkQueue:
+    """The networks alive under a :class:`TrainedNetworks` schedule, oldest first, each with
+    the update it joined at. ``make`` builds a :class:`NetworkTrainer` (its weights are
+    overwritten when it joins); ``initialise(net, iteration)`` gives ``net`` the initial
+    weights of the network that joined at ``iteration``."""
+
+    def __init__(self, schedule: TrainedNetworks, make: Callable[[], NetworkTrainer],
+                 initialise: Callable[[nn.Module, int], None]) -> None:
+        self.schedule, self.make, self.initialise = schedule, make, initialise
+        self.members: list[tuple[int, NetworkTrainer]] = []
+
+    def prepare(self, net: nn.Module, iteration: int, seed: int) -> None:
+        """Before update ``iteration``: let a new network join when one is due (the oldest
+        leaves a full queue), then give ``net`` the weights to match under."""
+        if iteration % self.schedule.inner_loop == 0:
+            self.initialise(net, iteration)
+            trainer = self.make() if len(self.members) < self.schedule.queue else \
+                self.members.pop(0)[1]  # the leaving network's buffers serve the new one
+            trainer.fresh(net, stream(seed, "net-head", iteration))
+            self.members.append((iteration, trainer))
+        pick = 0 if len(self.members) == 1 else int(torch.randint(
+            len(self.members), (), generator=stream(seed, "net-pick", iteration)).item())
+        joined, chosen = self.members[pick]
+        if joined == iteration:
+            return  # ``net`` already holds the initial weights of the network that just joined
+        if self.schedule.interpolate:
+            self.initialise(net, joined)
+            chosen.copy_into(net, torch.rand((), generator=stream(seed, "net-mix",
+                                                                  iteration)).item())
+        else:
+            chosen.copy_into(net)
+
+    def train(self, iteration: int, seed: int, amp: torch.dtype | None) -> None:
+        """After update ``iteration``: ``train_count`` distinct members take their steps;
+        a member about to leave the queue is not trained."""
+        leaving = ((iteration + 1) % self.schedule.inner_loop == 0
+                   and len(self.members) == self.schedule.queue)
+        candidates = self.members[1:] if leaving else self.members
+        count = min(self.schedule.train_count, len(candidates))
+        if count == len(candidates):
+            chosen = candidates
+        else:
+            order = torch.randperm(len(candidates), generator=stream(seed, "net-pick-train",
+                                                                     iteration))
+            chosen = [candidates[int(k)] for k in order[:count]]
+        for slot, (_, trainer) in enumerate(chosen):
+            trainer.train(seed=seed, iteration=iteration, amp=amp, slot=slot)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every member's weights and momentum (the oldest under the single network's keys)
+        and the updates they joined at."""
+        out = {"trained_net_joined": torch.tensor([j for j, _ in self.members])}
+        for k, (_, trainer) in enumerate(self.members):
+            out.update(trainer.state("trained_net" if k == 0 else f"trained_net{k}"))
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Rebuild the queue a checkpoint holds."""
+        if "trained_net_joined" not in state:
+            raise ValueError("checkpoint has no trained_net_joined: it was not written by a run "
+                             "with this trained_networks schedule")
+        self.members = []
+        for k, joined in enumerate(state["trained_net_joined"].tolist()):
+            trainer = self.make()
+            trainer.load_state(state, "trained_net" if k == 0 else f"trained_net{k}")
+            self.members.append((int(joined), trainer))
