@@ -134,8 +134,9 @@ def test_interpolated_networks_change_the_set_and_repeat(digits):
 
 def test_a_queue_keeps_the_newest_networks_and_trains_them_apart(digits, tmp_path):
     """IDM's queue: at a checkpoint after 9 updates with a new network every 2 and room for 3,
-    the members are those that joined at 4, 6 and 8; members trained at different updates differ from
-    each other and from their initial weights; the run differs from the single network's."""
+    the members are those that joined at 4, 6 and 8; members trained at different updates
+    differ from each other and from their initial weights; the run differs from the single
+    network's."""
     train, norm = digits
     schedule = {"inner_loop": 2, "steps": 1, "batch": 16, "queue": 3, "train_count": 2}
     kwargs = dict(normalization=norm, seed=5, progress=False, budget=Budget(iterations=10))
