@@ -94,19 +94,19 @@ def test_covariance_term_equals_the_explicit_covariance_difference():
     """The Gram-matrix form against ‖Σ_real − Σ_syn‖²_F built as D×D matrices, per class;
     zero for equal sets, and the gradient reaches the synthetic features only."""
     g = torch.Generator().manual_seed(0)
-    real = torch.randn(30, 7, generator=g, dtype=torch.float64) * 2
+    real = (torch.randn(30, 7, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
     syn = torch.randn(9, 7, generator=g, dtype=torch.float64).requires_grad_(True)
     real_groups = torch.arange(30) % 3
     syn_groups = torch.arange(9) // 3
     got = class_covariance_losses(real, real_groups, syn, syn_groups, 3)
     for c in range(3):
-        x, y = real[real_groups == c], syn[syn_groups == c]
+        x, y = real.detach()[real_groups == c], syn.detach()[syn_groups == c]
         cov_x = torch.cov(x.T, correction=0)
         cov_y = torch.cov(y.T, correction=0)
         assert got[c].item() == pytest.approx(((cov_x - cov_y) ** 2).sum().item(), rel=1e-5)
     got.sum().backward()
-    assert syn.grad.abs().sum() > 0
-    same = class_covariance_losses(real, real_groups, real.clone(), real_groups, 3)
+    assert syn.grad.abs().sum() > 0 and real.grad is None
+    same = class_covariance_losses(real, real_groups, real.detach().clone(), real_groups, 3)
     assert same.abs().max().item() < 1e-3 * got.max().item()
 
 
@@ -124,6 +124,10 @@ def test_covariance_weight_changes_the_set_and_is_recorded():
     assert cov.metadata["covariance_weight"] == 1.0 and base.metadata["covariance_weight"] == 0
     with pytest.raises(ValueError, match="covariance_weight"):
         MatchingConfig(covariance_weight=-1.0)
+    with pytest.raises(ValueError, match="covariance_weight needs at least 2 synthetic"):
+        match_distributions(train, 1, config=MatchingConfig(
+            batch_real=8, compile="off", precision="fp32", dsa=None, covariance_weight=1.0),
+            **kwargs)
 
 
 def _loss_under_fixed_nets(stored, train, norm, factor, seeds=(101, 102, 103, 104)):

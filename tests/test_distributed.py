@@ -102,6 +102,11 @@ def iem_queue():  # IDM: a full queue of 3 at the checkpoint; the oldest leaves 
                                  "train_count": 2})
 
 
+def iem_queue_mixed():  # DANCE on a queue: an older member's initial weights are redrawn
+    return iem(trained_networks={"inner_loop": 2, "steps": 1, "batch": 8, "queue": 4,
+                                 "train_count": 1, "interpolate": True})
+
+
 def idc():  # the network lives 3 iterations: a checkpoint at 4 falls inside its life
     return build_condenser("idc", matching={"inner_loop": 2, "batch_real": 8, "n_data": 16,
                                             "reinit_every": 3, "compile": "off",
@@ -117,6 +122,7 @@ def iem_trained():  # the trained network lives 3 iterations: a checkpoint at 4 
     (iem_trained, {"momentum_buffer", "trained_net.0", "trained_net_momentum.0"}),
     (iem_interpolated, {"momentum_buffer", "trained_net.0"}),
     (iem_queue, {"trained_net_joined", "trained_net.0", "trained_net1.0", "trained_net2.0"}),
+    (iem_queue_mixed, {"trained_net_joined", "trained_net.0", "trained_net1.0"}),
     (idc, {"momentum_buffer", "generator_state", "stored", "net.fc.weight"})])
 def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, make,
                                                                  state):

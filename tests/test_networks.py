@@ -32,8 +32,13 @@ def test_a_grid_mapping_switches_the_schedule_on_with_its_defaults():
     on = iem(trained_networks={"inner_loop": 5})
     assert on.matching.trained_networks == TrainedNetworks(inner_loop=5)
     assert iem().matching.trained_networks is None  # off by default: DM / IEM as published
-    with pytest.raises(ValueError, match="trained_networks.steps must be >= 1"):
+    with pytest.raises(ValueError, match="trained_networks.steps must be an integer >= 1"):
         iem(trained_networks={"steps": 0})
+    with pytest.raises(ValueError, match="trained_networks.queue must be an integer >= 1"):
+        iem(trained_networks={"queue": 0})
+    with pytest.raises(ValueError, match="trained_networks.queue must be an integer"):
+        iem(trained_networks={"queue": 2.5})
+    assert iem(trained_networks={"augment": None}).matching.trained_networks.augment is None
     with pytest.raises(ValueError, match="train_count .3. cannot exceed"):
         iem(trained_networks={"queue": 2, "train_count": 3})
     with pytest.raises(ValueError, match="inner_loops"):
@@ -134,9 +139,8 @@ def test_interpolated_networks_change_the_set_and_repeat(digits):
 
 def test_a_queue_keeps_the_newest_networks_and_trains_them_apart(digits, tmp_path):
     """IDM's queue: at a checkpoint after 9 updates with a new network every 2 and room for 3,
-    the members are those that joined at 4, 6 and 8; members trained at different updates
-    differ from each other and from their initial weights; the run differs from the single
-    network's."""
+    the members are those that joined at 4, 6 and 8, the two older ones moved from their own
+    initial weights by training; the run differs from the single network's."""
     train, norm = digits
     schedule = {"inner_loop": 2, "steps": 1, "batch": 16, "queue": 3, "train_count": 2}
     kwargs = dict(normalization=norm, seed=5, progress=False, budget=Budget(iterations=10))
@@ -146,11 +150,73 @@ def test_a_queue_keeps_the_newest_networks_and_trains_them_apart(digits, tmp_pat
             checkpointing=Checkpointing(folder, every_iterations=9)))
     saved = ckpt.latest(folder)
     assert saved is not None and saved.state["trained_net_joined"].tolist() == [4, 6, 8]
-    first = [saved.state[f"{p}.0"] for p in ("trained_net", "trained_net1", "trained_net2")]
-    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
-    init = fresh_network("convnet3", in_channels=train.channels, resolution=train.resolution,
-                         seed=5 * 1_000_003 + 4)
-    assert not torch.equal(first[0], next(init.parameters()))
+    for prefix, joined in (("trained_net", 4), ("trained_net1", 6)):  # 8: only if drawn
+        init = fresh_network("convnet3", in_channels=train.channels,
+                             resolution=train.resolution, seed=5 * 1_000_003 + joined)
+        assert not torch.equal(saved.state[f"{prefix}.0"], next(init.parameters()))  # trained
     single = iem(trained_networks={**schedule, "queue": 1, "train_count": 1}).condense(
         train, 1, **kwargs)
     assert not torch.equal(queued.images, single.images)
+
+
+def test_a_queue_of_one_is_the_single_network_schedule(digits):
+    """NetworkQueue(queue=1) against the single-network sequence written out by hand: a
+    fresh network every inner_loop updates, trained after every update but the last of its
+    life, from the same streams."""
+    from hashcondense.condense.matching import reinitialise
+    from hashcondense.condense.networks import NetworkQueue
+    from hashcondense.condense.streams import stream
+
+    train, norm = digits
+    schedule = TrainedNetworks(inner_loop=3, steps=1, batch=16, augment=None)
+
+    def make():
+        return NetworkTrainer(schedule, fresh_network(
+            "convnet3", in_channels=train.channels, resolution=train.resolution, seed=0),
+            train.images, train.labels, norm, len(train.classes))
+
+    def initialise(net, joined):
+        reinitialise(net, "convnet3", in_channels=train.channels,
+                     resolution=train.resolution, seed=9 * 1_000_003 + joined)
+
+    queue = NetworkQueue(schedule, make, initialise)
+    by_hand = make()
+    net_q, net_h = (fresh_network("convnet3", in_channels=train.channels,
+                                  resolution=train.resolution, seed=1) for _ in range(2))
+    for it in range(7):
+        queue.prepare(net_q, it, seed=9)
+        if it % 3 == 0:
+            initialise(net_h, it)
+            by_hand.fresh(net_h, stream(9, "net-head", it))
+        else:
+            by_hand.copy_into(net_h)
+        assert all(torch.equal(a, b) for a, b in zip(net_q.parameters(), net_h.parameters(),
+                                                     strict=True))
+        queue.train(it, seed=9, amp=None)
+        if (it + 1) % 3:
+            by_hand.train(seed=9, iteration=it, amp=None)
+
+
+def test_a_single_network_checkpoint_from_before_the_queue_still_loads(digits):
+    from hashcondense.condense.networks import NetworkQueue
+
+    train, norm = digits
+    single = TrainedNetworks(inner_loop=3, batch=16, augment=None)
+
+    def queue_for(schedule):
+        def make():
+            return NetworkTrainer(schedule, fresh_network(
+                "convnet3", in_channels=train.channels, resolution=train.resolution, seed=0),
+                train.images, train.labels, norm, len(train.classes))
+        return NetworkQueue(schedule, make, lambda net, joined: None)
+
+    old = queue_for(single)
+    old.members = [(0, old.make())]
+    old.members[0][1].train(seed=0, iteration=0, amp=None)
+    state = {k: v for k, v in old.state().items() if k != "trained_net_joined"}
+    restored = queue_for(single)
+    restored.load_state(state)
+    assert [j for j, _ in restored.members] == [-1]
+    assert torch.equal(restored.members[0][1].state()["trained_net.0"], state["trained_net.0"])
+    with pytest.raises(ValueError, match="no trained_net_joined"):
+        queue_for(TrainedNetworks(inner_loop=3, batch=16, queue=2)).load_state(state)

@@ -125,8 +125,9 @@ class MatchingConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.real_chunk is not None and self.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 or None, got {self.real_chunk}")
-        if not self.covariance_weight >= 0:
-            raise ValueError(f"covariance_weight must be >= 0, got {self.covariance_weight}")
+        if not 0 <= self.covariance_weight < float("inf"):
+            raise ValueError(f"covariance_weight must be finite and >= 0, got "
+                             f"{self.covariance_weight}")
         if self.class_batch is not None and self.class_batch < 1:
             raise ValueError(f"class_batch must be >= 1 or None, got {self.class_batch}")
 
@@ -230,6 +231,9 @@ def match_distributions(
     amp = resolve_precision(config.precision, device)
     num_classes, f, res = len(train.classes), config.factor, train.resolution
     check_ipc(train, ipc * f * f)
+    if config.covariance_weight and ipc * f * f < 2:
+        raise ValueError(f"{method}: covariance_weight needs at least 2 synthetic images per "
+                         f"class (ipc × factor² = {ipc * f * f}): one image has no covariance")
     owned = world.owned_classes(num_classes)
     if config.trained_networks is not None and world.size > 1:
         raise ValueError(f"{method}: trained_networks does not support world size > 1 yet "

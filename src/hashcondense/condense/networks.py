@@ -17,14 +17,16 @@ With ``queue`` > 1 (IDM, Zhao et al. 2023) several networks live at once: a new 
 ``inner_loop`` updates and the oldest leaves once ``queue`` are alive; each update matches under
 one member drawn uniformly, then ``train_count`` distinct members take their training steps, so
 the matched networks span many stages of training at every point of the run (IDM's CIFAR
-settings: queue 100, a new network every 30 iterations, 2 members trained 10 steps each). With
+settings: queue 100, a new network every 30 iterations, 2 members trained 10 steps each at
+batch 256, without augmentation; IDM also starts with a few networks, adds a cross-entropy
+term on the synthetic images and augments them otherwise, none of which is here). With
 ``queue`` = 1 this is the single-network schedule above, draw for draw.
 
 With ``interpolate`` (DANCE, Zhang et al. 2024) the matching network of an update is a point
-drawn uniformly on the segment between the outer iteration's initial weights and the trained
+drawn uniformly on the segment between the matched member's initial weights and its trained
 ones, θ = λ·θ_init + (1 − λ)·θ_trained with λ ~ U(0, 1), so the matched stages of training
 are spread evenly rather than following one trajectory; the initial weights are redrawn from
-the outer iteration's seed, not stored.
+the seed of the update the member joined at, not stored.
 
 Every draw comes from the counter-based streams (``streams.py``) and the trained weights and
 momentum buffers travel in checkpoints, so a resumed run is bit-identical to an uninterrupted
@@ -67,13 +69,14 @@ class TrainedNetworks:
     train_count: int = 1  # IDM: members trained after each update (its fetch_net_num: 2)
 
     def __post_init__(self) -> None:
+        for name in ("inner_loop", "steps", "batch", "queue", "train_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"trained_networks.{name} must be an integer >= 1, got "
+                                 f"{value!r}")
         if self.train_count > self.queue:
             raise ValueError(f"trained_networks.train_count ({self.train_count}) cannot exceed "
                              f"trained_networks.queue ({self.queue})")
-        for name in ("inner_loop", "steps", "batch", "queue", "train_count"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trained_networks.{name} must be >= 1, got "
-                                 f"{getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"trained_networks.lr must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -234,11 +237,16 @@ class NetworkQueue:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Rebuild the queue a checkpoint holds."""
-        if "trained_net_joined" not in state:
+        if "trained_net_joined" in state:
+            joins = state["trained_net_joined"].tolist()
+        elif ("trained_net.0" in state and self.schedule.queue == 1
+              and not self.schedule.interpolate):
+            joins = [-1]  # a single-network checkpoint from before the queue: its join is unused
+        else:
             raise ValueError("checkpoint has no trained_net_joined: it was not written by a run "
-                             "with this trained_networks schedule")
+                             "with trained_networks queue/interpolate")
         self.members = []
-        for k, joined in enumerate(state["trained_net_joined"].tolist()):
+        for k, joined in enumerate(joins):
             trainer = self.make()
             trainer.load_state(state, "trained_net" if k == 0 else f"trained_net{k}")
             self.members.append((int(joined), trainer))
