@@ -250,6 +250,11 @@ def match_distributions(
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
+    def initialise(target: nn.Module, joined: int) -> None:
+        """The fresh network of update ``joined`` (a trained network's start, too)."""
+        reinitialise(target, config.backbone, in_channels=train.channels, resolution=res,
+                     seed=seed * 1_000_003 + joined)
+
     networks: NetworkQueue | None = None
     if config.trained_networks is not None:
         own_labels = torch.cat([torch.full((len(m),), c, dtype=torch.long)
@@ -260,10 +265,6 @@ def match_distributions(
             return NetworkTrainer(schedule, fresh_network(
                 config.backbone, in_channels=train.channels, resolution=res,
                 seed=seed).to(device), own_images, own_labels, normalization, num_classes)
-
-        def initialise(target: nn.Module, joined: int) -> None:
-            reinitialise(target, config.backbone, in_channels=train.channels, resolution=res,
-                         seed=seed * 1_000_003 + joined)
 
         networks = NetworkQueue(schedule, make_trainer, initialise)
     real_chunk = default_chunk(device) if config.real_chunk is None else config.real_chunk or None
@@ -305,8 +306,7 @@ def match_distributions(
     # -- one iteration ----------------------------------------------------------------------
     def step(it: int, out_of_time: Callable[[], bool]) -> tuple[float, int, bool]:
         if networks is None:
-            reinitialise(net, config.backbone, in_channels=train.channels, resolution=res,
-                         seed=seed * 1_000_003 + it)
+            initialise(net, it)
         else:
             networks.prepare(net, it, seed)
         if network_hook is not None:
