@@ -250,6 +250,7 @@ def match_distributions(
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
     embed = CompiledModule(net, resolve_compile(config.compile, device))
+
     def initialise(target: nn.Module, joined: int) -> None:
         """The fresh network of update ``joined`` (a trained network's start, too)."""
         reinitialise(target, config.backbone, in_channels=train.channels, resolution=res,
