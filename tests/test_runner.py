@@ -209,6 +209,23 @@ def test_dataset_filter_and_condensation_time_cap():
         cap_condense_seconds(exp, 0)
 
 
+
+def test_variants_are_selected_by_name_in_the_order_given(capsys):
+    from hashcondense.experiments.grid import load_experiments, select_variants
+
+    path = REPO / "benchmarks" / "configs" / "iem_budget.yaml"
+    experiments = load_experiments(path, "smoke")
+    assert [e.variant for e in experiments][:3] == ["validation", "test", "ipc50"]
+    picked = select_variants(experiments, ["ipc50", "validation", "ipc50"])
+    assert [e.variant for e in picked] == ["ipc50", "validation"]  # order kept, repeats once
+    assert picked[0] is experiments[2]
+    with pytest.raises(ValueError, match=r"no variant\(s\) \['ipc5'\].*'ipc50'"):
+        select_variants(experiments, ["ipc5"])
+    # the CLI: a one-line error naming the unknown variant and a non-zero exit, no work done
+    assert cli_main(["bench", str(path), "--profile", "smoke", "--variants", "nope",
+                     "--dry-run"]) != 0
+    assert "nope" in capsys.readouterr().err
+
 # -- cell identity -------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -172,11 +172,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments import plan, run_experiment
-    from .experiments.grid import cap_condense_seconds, load_experiments, restrict_datasets
+    from .experiments.grid import (
+        cap_condense_seconds,
+        load_experiments,
+        restrict_datasets,
+        select_variants,
+    )
     from .experiments.sharding import parse_shard
     from .recipes import default_profile
 
     experiments = load_experiments(args.experiment, args.profile or default_profile())
+    if args.variants:
+        experiments = select_variants(experiments, args.variants)
     shard = parse_shard(args.shard) if args.shard else None
     for exp in experiments:  # a grid with variants runs each into OUT/<variant>
         if args.datasets:
@@ -313,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding the datasets (else $HASHCONDENSE_DATA)")
     p.add_argument("--datasets", nargs="+", default=None,
                    help="run only these datasets of the grid (e.g. cifar10)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="run only these variants of a grid file, in this order (default: all, "
+                   "in the file's order)")
     p.add_argument("--max-condense-seconds", type=float, default=None,
                    help="stop every condensation after this many seconds (fits a grid into a "
                    "fixed slot; recorded in each cell's budget)")

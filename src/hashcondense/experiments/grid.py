@@ -401,6 +401,18 @@ def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
     return dataclasses.replace(exp, datasets=tuple(d for d in exp.datasets if d.name in names))
 
 
+def select_variants(experiments: list[Experiment], names: list[str]) -> list[Experiment]:
+    """The named variants of a grid, in the order named: a long study runs its parts in the
+    order the machine time allows, each into its own store as always."""
+    by_name = {exp.variant: exp for exp in experiments}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        have = [v for v in by_name if v is not None]
+        raise ValueError(f"{experiments[0].name} has no variant(s) {unknown}; it has "
+                         f"{have or 'none'}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
 def cap_condense_seconds(exp: Experiment, seconds: float) -> Experiment:
     """``exp`` with every condensation stopped after ``seconds`` of wall time at most (the
     iteration budgets stay), so a whole grid fits a fixed slot of machine time. The cap is part
