@@ -209,22 +209,24 @@ def test_dataset_filter_and_condensation_time_cap():
         cap_condense_seconds(exp, 0)
 
 
-
-def test_variants_are_selected_by_name_in_the_order_given(capsys):
+def test_variants_are_selected_by_name_in_the_order_given(tmp_path, capsys):
     from hashcondense.experiments.grid import load_experiments, select_variants
 
-    path = REPO / "benchmarks" / "configs" / "iem_budget.yaml"
-    experiments = load_experiments(path, "smoke")
-    assert [e.variant for e in experiments][:3] == ["validation", "test", "ipc50"]
-    picked = select_variants(experiments, ["ipc50", "validation", "ipc50"])
-    assert [e.variant for e in picked] == ["ipc50", "validation"]  # order kept, repeats once
-    assert picked[0] is experiments[2]
-    with pytest.raises(ValueError, match=r"no variant\(s\) \['ipc5'\].*'ipc50'"):
-        select_variants(experiments, ["ipc5"])
+    path = tmp_path / "study.yaml"
+    path.write_text(TINY.replace("profiles:\n", "variants:\n  a: {}\n  b: {bits: [64]}\n"
+                                 "  c: {seeds: [1]}\nprofiles:\n"))
+    experiments = load_experiments(path, "cpu")
+    assert [e.variant for e in experiments] == ["a", "b", "c"]
+    picked = select_variants(experiments, ["c", "a", "c"])
+    assert [e.variant for e in picked] == ["c", "a"]  # order kept, repeats once
+    assert picked[0] is experiments[2] and picked[1] is experiments[0]
+    with pytest.raises(ValueError, match=r"no variant\(s\) \['d'\].*\['a', 'b', 'c'\]"):
+        select_variants(experiments, ["d"])
     # the CLI: a one-line error naming the unknown variant and a non-zero exit, no work done
     assert cli_main(["bench", str(path), "--profile", "smoke", "--variants", "nope",
                      "--dry-run"]) != 0
     assert "nope" in capsys.readouterr().err
+
 
 # -- cell identity -------------------------------------------------------------------------
 
