@@ -67,6 +67,24 @@ def test_compiled_forward_tracks_in_place_weight_changes():
     assert compiled.compiled
 
 
+def test_compiled_module_keeps_compiling_past_dynamo_default_recompile_limit():
+    """A grid judges many set sizes in one process; graph 9 onwards once silently ran eager."""
+    from torch._dynamo.utils import counters
+
+    class Affine(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x + 1
+
+    default = torch._dynamo.config.recompile_limit
+    before = counters["stats"]["unique_graphs"]
+    for rows in range(1, default + 5):  # one fresh module and one new shape each
+        x = torch.randn(rows, 3)
+        out = CompiledModule(Affine(), enabled=True, backend="eager")(x)
+        torch.testing.assert_close(out, 2 * x + 1)
+    assert counters["stats"]["unique_graphs"] - before == default + 4
+    assert torch._dynamo.config.recompile_limit == default  # the raise is scoped to the calls
+
+
 @needs_inductor
 def test_compiled_encoding_pads_the_last_chunk_and_matches_eager():
     method = build_hash_method("dhd")

@@ -18,6 +18,9 @@ from .settings import COMPILES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
+# Graphs one compiled forward may hold: shapes x bit lengths x train/eval of a whole grid.
+RECOMPILE_LIMIT = 64
+
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,11 +100,19 @@ class CompiledModule:
     Shapes are specialised (``dynamic=False``): our loops call with two or three fixed batch
     sizes, and static kernels are the fast ones. Parameters stay graph inputs, so in-place
     updates (optimiser steps, re-initialisation, weight perturbation) are seen by the kernels.
+
+    Every compiled module of one class shares dynamo's cache for its ``forward``, so a long
+    ``bench`` (judges at many set sizes and bit lengths, train and eval mode) adds a graph per
+    combination; past dynamo's default limit of 8 the rest of the process ran eager, about 3x
+    slower per judge. Calls therefore run under ``recompile_limit``, scoped to these calls.
     """
 
-    def __init__(self, module: nn.Module, enabled: bool) -> None:
+    def __init__(self, module: nn.Module, enabled: bool, *, backend: str = "inductor",
+                 recompile_limit: int = RECOMPILE_LIMIT) -> None:
         self.module = module
-        self._compiled = torch.compile(module, dynamic=False) if enabled else None
+        self.recompile_limit = recompile_limit
+        self._compiled = (torch.compile(module, dynamic=False, backend=backend) if enabled
+                          else None)
 
     @property
     def compiled(self) -> bool:
@@ -110,7 +121,8 @@ class CompiledModule:
     def __call__(self, *args, **kwargs):
         if self._compiled is not None:
             try:
-                return self._compiled(*args, **kwargs)
+                with torch._dynamo.config.patch(recompile_limit=self.recompile_limit):
+                    return self._compiled(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any backend failure: eager still works
                 log.warning("torch.compile failed (%s: %s); continuing in eager mode",
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
