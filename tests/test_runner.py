@@ -27,6 +27,7 @@ from hashcondense.experiments import (  # noqa: E402
     plan,
     run_experiment,
 )
+from hashcondense.hashing.trainer import TrainConfig  # noqa: E402
 from hashcondense.records import read_jsonl, record_problems  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,13 +316,27 @@ def test_judge_batch_size_reaches_both_kinds_of_set(tmp_path):
 
 # -- records -------------------------------------------------------------------------------
 
+def test_records_name_the_dtype_auto_resolved_to_on_this_machine(monkeypatch):
+    """`auto` is bf16 on an AVX512-BF16 host and fp32 on an AVX2 one: the row must say which."""
+    from hashcondense import runtime
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    cpu = TrainConfig(device="cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        assert ExperimentRunner.compute_dtype(
+            dataclasses.replace(cpu, precision="auto")) == expected
+        assert ExperimentRunner.compute_dtype(dataclasses.replace(cpu, precision="fp32")) == "fp32"
+        assert ExperimentRunner.compute_dtype(dataclasses.replace(cpu, precision="bf16")) == "bf16"
+
+
 # the fields every record of the runner carries (records.RESULT_FIELDS is the whole schema)
 RECORD_FIELDS = {"cell", "dataset", "resolution", "condenser", "method", "options", "ipc",
                  "seed", "task", "hash_method", "bits", "metric", "value", "judge", "budget",
                  "condense_seconds", "train_seconds", "encode_seconds", "profile", "machine",
                  "versions", "protocol", "protocol_fingerprint", "experiment", "run_id",
                  "condense_cell", "iteration", "iterations", "backbone", "precision",
-                 "finished_at"}
+                 "compute_dtype", "finished_at"}
 
 VALIDATION_GRID = """
 name: val
@@ -390,6 +405,7 @@ def test_validation_grids_judge_on_the_database_carve_and_records_carry_every_fi
         assert r["judge"]["epochs"] == (recipe.epochs if whole else None)
         assert r["ipc"] == (None if whole else 2)
         assert r["machine"] == machine_name() and r["versions"] == versions()
+        assert r["precision"] == "fp32" and r["compute_dtype"] == "fp32"
         assert {"hashcondense", "python", "torch", "numpy"} <= set(r["versions"])
         assert 0 <= r["value"] <= 1
     by = {r["condenser"]: r for r in rows}

@@ -71,6 +71,8 @@ RESULT_FIELDS: tuple[Field, ...] = (
     Field("backbone", (str,), "the judge's backbone", False),
     Field("encode_seconds", _NUM, "wall time of encoding queries and database", False),
     Field("precision", (str,), "`auto`, `fp32`, `bf16`", False),
+    Field("compute_dtype", (str,), "what `precision` resolved to on this machine: `fp32` or "
+          "`bf16` (`auto` is bf16 only where the hardware has native bf16)", False),
     Field("algorithm_version", (int,), "the condenser's algorithm version (absent: 1)", False),
     Field("finished_at", (str,), "UTC time the cell finished", False),
     Field("provenance", (dict,), "where a migrated record came from (script, file, commit)",

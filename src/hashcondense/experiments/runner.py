@@ -64,6 +64,7 @@ from ..normalization import Normalization
 from ..recipes import training_recipe
 from ..records import atomic_write_text, machine_info, machine_name, versions, write_json
 from ..retrieval.metrics import precision_recall_curve
+from ..runtime import resolve_device, resolve_precision
 from ..synthetic import SyntheticSet
 from .grid import VALIDATION_SPLIT, WHOLE, CondenserSpec, DatasetSpec, Experiment, JudgeSpec
 from .sharding import Shard, file_lock
@@ -196,6 +197,14 @@ class ExperimentRunner:
         overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
         return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
                                    precision=self.exp.precision, compile=self.exp.compile)
+
+    @staticmethod
+    def compute_dtype(train: TrainConfig) -> str:
+        """What ``precision`` resolved to here: ``auto`` means fp32 on a CPU without native bf16,
+        and the machine's name alone does not tell an AVX2 host from an AVX512-BF16 one."""
+        dtype = resolve_precision(train.precision, resolve_device(train.device))
+        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return names.get(dtype, str(dtype))
 
     def budget(self, cond: CondenserSpec) -> Budget | None:
         """The budget ``cond`` condenses under (None: it takes none); see
@@ -365,6 +374,7 @@ class ExperimentRunner:
                       # the grid floors them); a step-budgeted set has none
                       "epochs": train.epochs if whole else self.exp.judge.epochs},
             "precision": self.exp.precision,
+            "compute_dtype": self.compute_dtype(train),
             **({} if condenser is None
                else {"algorithm_version": type(condenser).algorithm_version}),
             "protocol": self.exp.protocol, "protocol_fingerprint": split.fingerprint(),
