@@ -302,6 +302,31 @@ def test_condense_then_train_on_the_synthetic_file(tmp_path, capsys):
     assert 0.0 <= run["metrics"]["mAP@all"] <= 1.0
 
 
+def test_condense_option_reaches_a_nested_hyperparameter(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["condense", "--dataset", "digits", "--method", "iem", "--ipc", "1",
+                 "--factor", "1", "--iterations", "1", "--option", "matching.lr=2.5",
+                 "--option", "perturb.alpha_max=0.05", "--option", "matching.dsa=null",
+                 "--compile", "off", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "condense.json").read_text())
+    assert record["metadata"]["lr"] == 2.5 and record["metadata"]["dsa"] == "none"
+    assert record["metadata"]["perturb"]["alpha_max"] == 0.05
+    assert record["options"] == {"matching": {"lr": 2.5, "dsa": None},
+                                 "perturb": {"alpha_max": 0.05}, "factor": 1}
+
+
+def test_parse_options_builds_the_nested_mapping_and_refuses_ambiguity():
+    from hashcondense.cli import parse_options
+
+    assert parse_options(["a.b=1", "a.c=[1, 2]", "d=true", "e=x"]) == {
+        "a": {"b": 1, "c": [1, 2]}, "d": True, "e": "x"}
+    for pairs, needle in ((["lr"], "KEY=VALUE"), (["a..b=1"], "KEY=VALUE"),
+                          (["a=1", "a=2"], "twice"), (["a=1", "a.b=2"], "elsewhere"),
+                          (["a=[1"], "YAML")):
+        with pytest.raises(ValueError, match=needle):
+            parse_options(pairs)
+
+
 def test_train_refuses_a_synthetic_set_from_another_split(tmp_path, capsys):
     out = tmp_path / "syn"
     assert main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "2",
@@ -319,6 +344,10 @@ def test_train_refuses_a_synthetic_set_from_another_split(tmp_path, capsys):
     (["--method", "iem", "--ipc", "1", "--factor", "0"], "factor"),
     (["--method", "iem", "--ipc", "1", "--factor", "5"], "factor"),
     (["--method", "random", "--ipc", "1", "--no-network-aug"], "network_aug"),
+    (["--method", "iem", "--ipc", "1", "--option", "matching.nope=1"], "nope"),
+    (["--method", "iem", "--ipc", "1", "--option", "matching.lr=-1"], "lr"),
+    (["--method", "iem", "--ipc", "1", "--option", "factor=1", "--factor", "1"], "factor"),
+    (["--method", "iem", "--ipc", "1", "--option", "matching=3"], "matching"),
 ])
 def test_condense_refuses_bad_arguments_with_one_line(tmp_path, capsys, argv, needle):
     code = main(["condense", "--dataset", "digits", "--out", str(tmp_path / "o"), *argv])

@@ -212,6 +212,7 @@ def condense_run(
     syn_path = syn.save(out / "synthetic")
     preview = syn.export_grid_png(out / "preview.png")
     record = {**fields, "method": method, "ipc": ipc, "seed": seed, "profile": profile,
+              "options": options or {},
               "budget": {"iterations": iterations, "seconds": seconds},
               "condense_seconds": seconds_taken, "synthetic": str(syn_path),
               "preview": str(preview), "protocol": split.describe(),

@@ -115,14 +115,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """``--option matching.lr=25`` pairs → the nested mapping a grid's ``options:`` gives, so
+    the CLI reaches every hyperparameter a grid does; values are YAML (25, true, null, [..])."""
+    import yaml
+
+    options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. matching.lr=25")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"--option {key}: {text!r} is not a YAML value") from None
+        node = options
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--option {key}: {part!r} is given a value elsewhere")
+        if parts[-1] in node:
+            raise ValueError(f"--option {key} is given twice")
+        node[parts[-1]] = value
+    return options
+
+
 def cmd_condense(args: argparse.Namespace) -> int:
     from . import api
 
     if args.factor is not None and args.factor < 1:
         raise ValueError(f"--factor must be >= 1, got {args.factor}")
-    options = {k: v for k, v in (("network_aug", args.network_aug),
-                                 ("dataset_aug", args.dataset_aug),
-                                 ("factor", args.factor)) if v is not None}
+    options = parse_options(args.option)
+    for key, value in (("network_aug", args.network_aug), ("dataset_aug", args.dataset_aug),
+                       ("factor", args.factor)):
+        if value is not None:
+            if key in options:
+                raise ValueError(f"--option {key} repeats a flag; give it once")
+            options[key] = value
     from .condense.driver import command_execution
     from .recipes import default_profile
 
@@ -281,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="IEM ablation: no weight perturbation")
     p.add_argument("--no-dataset-aug", dest="dataset_aug", action="store_const", const=False,
                    default=None, help="IEM ablation: no multi-formation")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any hyperparameter of the method, as a grid's options: name it "
+                   "(dotted for nested configs) and give a YAML value, e.g. --option "
+                   "matching.lr=25 --option perturb.alpha_max=0.05; repeatable")
     p.add_argument("--compile", choices=COMPILES, default="auto", help=COMPILE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")

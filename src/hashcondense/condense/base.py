@@ -165,6 +165,11 @@ def _merge_options(defaults: object, options: Mapping[str, object], where: str) 
         default = getattr(defaults, key, None)
         if isinstance(value, Mapping) and default is None:
             default = _optional_config(defaults, key)  # a config that is off by default
+        if (dataclasses.is_dataclass(default) and value is not None
+                and not isinstance(value, Mapping)
+                and not isinstance(value, type(default))):
+            raise ValueError(f"condenser option {where}.{key} is a nested config; give it a "
+                             f"mapping of its fields, not {value!r}")
         if isinstance(value, Mapping):
             if not dataclasses.is_dataclass(default):
                 raise ValueError(f"condenser option {where}.{key} is not a nested config; "
