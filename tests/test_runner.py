@@ -210,6 +210,27 @@ def test_dataset_filter_and_condensation_time_cap():
         cap_condense_seconds(exp, 0)
 
 
+def test_condenser_filter_keeps_the_full_grids_cells_in_the_order_named(tmp_path, capsys):
+    from hashcondense.experiments.grid import restrict_condensers
+
+    exp = load_experiment("efficiency", "smoke")
+    picked = restrict_condensers(exp, ["iem", "dm", "iem"])
+    assert [c.label for c in picked.condensers] == ["iem", "dm"]  # order kept, repeats once
+    assert picked.budget_for("iem") == exp.budget_for("iem")
+    assert picked.budget_for("dsa") == exp.budget_for("default")  # its own entry is gone
+    cells = [cell for cell, _ in plan(picked, tmp_path / "store")]
+    assert cells[0].condenser.label == "iem"
+    # the same cells (keys) as the whole grid has for those condensers: one store fills up
+    full = [cell for cell, _ in plan(exp, tmp_path / "store")]
+    assert sorted(c.key for c in cells) == sorted(
+        c.key for c in full if c.condenser.label in ("iem", "dm"))
+    with pytest.raises(ValueError, match=r"no condenser\(s\) \['nope'\]"):
+        restrict_condensers(exp, ["nope"])
+    assert cli_main(["bench", "efficiency", "--profile", "smoke", "--condensers", "nope",
+                     "--dry-run"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 def test_variants_are_selected_by_name_in_the_order_given(tmp_path, capsys):
     from hashcondense.experiments.grid import load_experiments, select_variants
 

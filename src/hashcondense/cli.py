@@ -205,6 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .experiments.grid import (
         cap_condense_seconds,
         load_experiments,
+        restrict_condensers,
         restrict_datasets,
         select_variants,
     )
@@ -218,6 +219,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for exp in experiments:  # a grid with variants runs each into OUT/<variant>
         if args.datasets:
             exp = restrict_datasets(exp, args.datasets)
+        if args.condensers:
+            exp = restrict_condensers(exp, args.condensers)
         if args.max_condense_seconds is not None:
             exp = cap_condense_seconds(exp, args.max_condense_seconds)
         out = Path(args.out or f"outputs/experiments/{exp.name}-{exp.profile}")
@@ -354,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding the datasets (else $HASHCONDENSE_DATA)")
     p.add_argument("--datasets", nargs="+", default=None,
                    help="run only these datasets of the grid (e.g. cifar10)")
+    p.add_argument("--condensers", nargs="+", default=None, metavar="LABEL",
+                   help="run only these condensers of the grid (its labels), in this order: "
+                   "a long grid fills its one store a condenser at a time")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="run only these variants of a grid file, in this order (default: all, "
                    "in the file's order)")

@@ -401,6 +401,22 @@ def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
     return dataclasses.replace(exp, datasets=tuple(d for d in exp.datasets if d.name in names))
 
 
+def restrict_condensers(exp: Experiment, labels: list[str]) -> Experiment:
+    """``exp`` with only the named condensers (labels), in the order named: a grid too long
+    for one sitting (Fig. 3 on a CPU) fills its one store a condenser at a time. Cell keys
+    ignore the order and the other condensers, so the cells are the full grid's."""
+    have = [c.label for c in exp.condensers]
+    unknown = [label for label in labels if label not in have]
+    if unknown:
+        raise ValueError(f"{exp.name}/{exp.profile} has no condenser(s) {unknown}; it has "
+                         f"{have}")
+    by_label = {c.label: c for c in exp.condensers}
+    keep = list(dict.fromkeys(labels))
+    return dataclasses.replace(
+        exp, condensers=tuple(by_label[label] for label in keep),
+        budgets=tuple((label, b) for label, b in exp.budgets if label in {"default", *keep}))
+
+
 def select_variants(experiments: list[Experiment], names: list[str]) -> list[Experiment]:
     """The named variants of a grid, in the order named: a long study runs its parts in the
     order the machine time allows, each into its own store as always."""
