@@ -311,9 +311,14 @@ def test_full_report_sections_figures_and_self_contained_html(full_results, tmp_
     # Snapshots do not leak into Table I (iteration is set), nor does the second hash method.
     t1 = _md_tables(_section(md, "Table I"))[0]
     assert _table1_rows(t1, "iem")["ours"][t1[0].index("ipc 10 · 32 bits")] == "43.00 ± 3.61 (3)"
-    # Fig. 3's table: iem went through 2 snapshots and its final set.
+    # Fig. 3's table: a row per judged version, by time: iem's 2 snapshots (means over two
+    # seeds) and its final set, whose update count these records do not give.
     f3 = _md_tables(_section(md, "Fig. 3"))[0]
-    assert _cell(f3, ("iem", "3"), "final condense time") == "60 s"
+    assert f3[0] == ["condenser", "updates", "condense time", "mAP@1000 (%)"]
+    iem = f3[2 + [r[0] for r in f3[2:]].index("iem"):][:3]
+    assert [r[1] for r in iem] == ["10", "50", "– (final)"]
+    assert [r[3] for r in iem] == ["20.00 ± 0.00 (2)", "35.00 ± 0.00 (2)", "43.00 ± 3.61 (3)"]
+    assert iem[2][2] == "60 s"
     # Fig. 4's table: condenser rows, hashing-method columns, whole last.
     f4 = _md_tables(_section(md, "Fig. 4"))[0]
     assert f4[0] == ["condenser", "dhd", "orthohash"]
@@ -401,6 +406,23 @@ def test_without_dhd_no_paper_values_are_claimed(tmp_path):
     table = _md_tables(_section(md, "Table I"))[0]
     assert [r[1] for r in table[2:]] == ["ours"] and "45.32" not in md
     assert "## Fig. 4" not in md  # one hashing method only
+
+
+def test_fig3_gives_final_sets_their_recorded_update_count(tmp_path, monkeypatch):
+    # A wall-clock budget stops seeds at different counts: the final row shows their mean; a
+    # coreset has no updates. Tables only (no drawing), so the test stays fast.
+    monkeypatch.setattr(report_common, "matplotlib_available", lambda: False)
+    results = tmp_path / "r"
+    recs = [_record(seed=s, iteration=200, condense_seconds=100.0, value=0.3) for s in (0, 1)]
+    recs += [_record(seed=s, iterations=n, condense_seconds=900.0, value=v)
+             for s, n, v in ((0, 900, 0.4), (1, 1000, 0.5))]
+    recs.append(_record(condenser="random", method="random", condense_seconds=0.0, value=0.2))
+    _write(results, recs, _run_json())
+    write_report(results)
+    f3 = _md_tables(_section((results / "report.md").read_text("utf-8"), "Fig. 3"))[0]
+    assert f3[2:] == [["random", "– (final)", "0.0 s", "20.00 (1)"],
+                      ["iem", "200", "100 s", "30.00 ± 0.00 (2)"],
+                      ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
 
 
 def test_validation_protocol_results_claim_no_paper_values(tmp_path):

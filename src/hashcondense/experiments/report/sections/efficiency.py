@@ -1,9 +1,11 @@
-"""Fig. 3: retrieval mAP against condensation wall time, through each condenser's snapshots."""
+"""Fig. 3: retrieval mAP against condensation wall time and updates, through each condenser's
+snapshots: the curve that says how long a condensation must run."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from ..common import (
@@ -23,6 +25,32 @@ from ..common import (
 from ..load import Context, Record
 
 
+@dataclass(frozen=True)
+class _Point:
+    """One judged version of a condenser's set, averaged over seeds."""
+
+    seconds: float
+    updates: int | None  # None: a coreset, or a final set whose run did not record its count
+    value: Any  # Stats
+    final: bool
+
+
+def _points(records: list[Record]) -> list[_Point]:
+    by_iter: dict[Any, list[Record]] = defaultdict(list)
+    for r in records:
+        by_iter[r.iteration].append(r)
+    points = []
+    for it, rs in by_iter.items():
+        if it is None:  # the final set: the count the run actually made (a time budget varies)
+            counts = [r.iterations for r in rs if r.iterations is not None]
+            updates = round(statistics.fmean(counts)) if counts else None
+        else:
+            updates = it
+        points.append(_Point(statistics.fmean(r.condense_seconds for r in rs), updates,
+                             stats([r.value for r in rs]), it is None))
+    return sorted(points, key=lambda p: (p.seconds, p.updates or 0))
+
+
 @SECTIONS.register("efficiency")
 def efficiency(ctx: Context) -> Section | None:
     rows = [r for r in ctx.records if r.task == "retrieval"
@@ -33,57 +61,65 @@ def efficiency(ctx: Context) -> Section | None:
         return None
     paper_hash = ctx.paper_hash(rows)
     blocks: list[Block] = [Text(
-        f"{ctx.metric_names(rows)} (%) against condensation wall time: each line runs through one "
-        "condenser's snapshots and its final set (means over seeds); the dashed line is the "
-        f"whole training set. Sets that took no time (random, …) sit at {MIN_LOG_SECONDS} s.")]
+        f"{ctx.metric_names(rows)} (%) against condensation wall time (left) and updates "
+        "(right): each line runs through one condenser's snapshots and its final set (means "
+        "over seeds; squares mark final sets); the dashed line is the whole training set. Sets "
+        f"that took no time (random, …) sit at {MIN_LOG_SECONDS} s on the left and are "
+        "dotted levels on the right.")]
     for ds, ipc, bits, hm in keys:
         mine = [r for r in rows if r.dataset == ds and r.bits == bits and r.hash_method == hm]
         whole = stats([r.value for r in mine if r.whole])
         mine = [r for r in mine if r.ipc == ipc]
-        lines: dict[str, list[tuple[float, float, bool]]] = {}
         metric = ctx.metric_of(ds)
-        table = Table(["condenser", "points", "final condense time", f"final {metric} (%)"], [])
-        for cond in ordered((r.condenser for r in mine), ctx.condensers):
-            by_iter: dict[Any, list[Record]] = defaultdict(list)
-            for r in (r for r in mine if r.condenser == cond):
-                by_iter[r.iteration].append(r)
-            points = sorted(
-                (statistics.fmean(r.condense_seconds for r in rs),
-                 statistics.fmean(r.value for r in rs), it is None)
-                for it, rs in by_iter.items())
-            lines[cond] = points
-            final = by_iter.get(None, [])
-            table.rows.append([
-                cond, str(len(points)),
-                fmt_seconds(statistics.fmean(r.condense_seconds for r in final))
-                if final else "–", str(stats([r.value for r in final]) or "–")])
+        lines = {cond: _points([r for r in mine if r.condenser == cond])
+                 for cond in ordered((r.condenser for r in mine), ctx.condensers)}
+        table = Table(["condenser", "updates", "condense time", f"{metric} (%)"], [])
+        for cond, points in lines.items():
+            for i, p in enumerate(points):
+                updates = "–" if p.updates is None else f"{p.updates:,}"
+                table.rows.append([cond if i == 0 else "",
+                                   f"{updates} (final)" if p.final else updates,
+                                   fmt_seconds(p.seconds), str(p.value)])
 
         def draw(ds=ds, ipc=ipc, bits=bits, hm=hm, lines=lines, whole=whole,
                  metric=metric) -> bytes:
-            fig, (ax,) = new_figure()
+            fig, (by_time, by_updates) = new_figure(ncols=2)
             for cond, points in lines.items():
-                xs = [max(x, MIN_LOG_SECONDS) for x, _, _ in points]
-                ax.plot(xs, [y for _, y, _ in points], "-o", color=ctx.color(cond), label=cond,
-                        markersize=4)
-                finals = [(max(x, MIN_LOG_SECONDS), y) for x, y, final in points if final]
-                if finals:
-                    ax.plot([x for x, _ in finals], [y for _, y in finals], "s",
-                            color=ctx.color(cond), markersize=7)
-            if whole is not None:
-                ax.axhline(whole.mean, color="black", linestyle="--", linewidth=1,
-                           label="whole set")
-            ax.set_xscale("log")
-            ax.set_xlabel("condensation wall time (s, log)")
-            ax.set_ylabel(f"{metric} (%)")
-            ax.set_title(f"{ctx.label(ds)}, ipc {ipc}, {bits} bits, {hm}")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
+                color = ctx.color(cond)
+                xs = [max(p.seconds, MIN_LOG_SECONDS) for p in points]
+                by_time.plot(xs, [p.value.mean for p in points], "-o", color=color, label=cond,
+                             markersize=4)
+                counted = [p for p in points if p.updates]
+                if counted:
+                    by_updates.plot([p.updates for p in counted],
+                                    [p.value.mean for p in counted], "-o", color=color,
+                                    label=cond, markersize=4)
+                else:  # a coreset: no updates to place it at
+                    by_updates.axhline(statistics.fmean(p.value.mean for p in points),
+                                       color=color, linestyle=":", linewidth=1.2, label=cond)
+                for ax, finals in ((by_time, [(max(p.seconds, MIN_LOG_SECONDS), p.value.mean)
+                                              for p in points if p.final]),
+                                   (by_updates, [(p.updates, p.value.mean)
+                                                 for p in counted if p.final])):
+                    if finals:
+                        ax.plot([x for x, _ in finals], [y for _, y in finals], "s",
+                                color=color, markersize=7)
+            for ax, xlabel in ((by_time, "condensation wall time (s, log)"),
+                               (by_updates, "updates of the synthetic set (log)")):
+                if whole is not None:
+                    ax.axhline(whole.mean, color="black", linestyle="--", linewidth=1,
+                               label="whole set")
+                ax.set_xscale("log")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"{metric} (%)")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=8)
+            fig.suptitle(f"{ctx.label(ds)}, ipc {ipc}, {bits} bits, {hm}")
             return png(fig)
 
         suffix = "" if hm == paper_hash else f"_{hm}"
         name = f"fig3_{ctx.slug(ds)}_ipc{ipc}_{bits}b{suffix}.png"
-        blocks += [Text(f"**{ctx.label(ds)}, ipc {ipc}, {bits} bits, `{hm}`** "
-                        "(squares mark final sets)"), table,
-                   *ctx.figure(name, f"Fig. 3: {metric} vs condensation time, "
+        blocks += [Text(f"**{ctx.label(ds)}, ipc {ipc}, {bits} bits, `{hm}`**"), table,
+                   *ctx.figure(name, f"Fig. 3: {metric} vs condensation time and updates, "
                                f"{ctx.label(ds)} ipc {ipc} {bits} bits {hm}", draw)]
     return Section("Fig. 3: condensation efficiency", blocks)
