@@ -609,6 +609,24 @@ def test_report_leaves_out_cells_of_an_earlier_config(tmp_path):
     assert "| random |" not in md and "| dm |" in md and "32 bits" not in md
 
 
+def test_a_grid_filled_a_condenser_at_a_time_reports_every_part(tmp_path):
+    from hashcondense.experiments.grid import restrict_condensers, restrict_datasets
+    from hashcondense.experiments.report.load import load
+
+    out = tmp_path / "out"
+    exp = restrict_datasets(load_experiment(tiny(tmp_path), "smoke"), ["digits"])
+    for labels in (["dm"], ["random"], ["dm"]):  # the last one reruns a part: nothing to do
+        run_experiment(restrict_condensers(exp, labels), out, progress=False, partial=True)
+    records, _ = load(out)
+    assert {r.condenser for r in records} == {"dm", "random"}
+    # the parts' cells are the whole grid's for those condensers
+    assert set(json.loads((out / "run.json").read_text())["cells"]) == {
+        c.key for c, _ in plan(exp, out) if c.condenser.label in ("dm", "random")}
+    # a part run as a whole grid (partial off) is the store's current config: dm drops out
+    run_experiment(restrict_condensers(exp, ["random"]), out, progress=False)
+    assert {r.condenser for r in load(out)[0]} == {"random"}
+
+
 def test_sigkill_mid_grid_then_resume_equals_an_uninterrupted_run(tmp_path):
     config = tiny(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}

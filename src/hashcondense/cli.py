@@ -238,7 +238,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             continue
         summary = run_experiment(exp, out, data_root=args.data_root,
                                  cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                                 progress=not args.quiet, shard=shard)
+                                 progress=not args.quiet, shard=shard,
+                                 partial=bool(args.datasets or args.condensers))
         print(f"{title}: ran {len(summary.ran)} cells, {len(summary.skipped)} already done; "
               f"results in {summary.results}")
         if shard is not None:

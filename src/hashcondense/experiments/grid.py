@@ -404,7 +404,8 @@ def restrict_datasets(exp: Experiment, names: list[str]) -> Experiment:
 def restrict_condensers(exp: Experiment, labels: list[str]) -> Experiment:
     """``exp`` with only the named condensers (labels), in the order named: a grid too long
     for one sitting (Fig. 3 on a CPU) fills its one store a condenser at a time. Cell keys
-    ignore the order and the other condensers, so the cells are the full grid's."""
+    ignore the order and the other condensers, so the cells are the full grid's; run it with
+    ``run_experiment(..., partial=True)`` so the store's report keeps the other parts."""
     have = [c.label for c in exp.condensers]
     unknown = [label for label in labels if label not in have]
     if unknown:

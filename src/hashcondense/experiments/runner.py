@@ -149,11 +149,15 @@ class ExperimentRunner:
 
     def __init__(self, exp: Experiment, results_dir: Path, *, data_root: str | None = None,
                  cache_dir: Path | None = None, progress: bool = True,
-                 shard: Shard | None = None, checkpoint_every: str = CHECKPOINT_EVERY) -> None:
+                 shard: Shard | None = None, checkpoint_every: str = CHECKPOINT_EVERY,
+                 partial: bool = False) -> None:
         self.exp, self.results_dir, self.data_root = exp, Path(results_dir), data_root
         self.cache_dir = Path(cache_dir) if cache_dir else self.results_dir / "synthetic"
         self.progress = progress
         self.shard = shard or Shard()
+        # ``exp`` is a part of its grid (bench --condensers / --datasets): the store keeps the
+        # other parts' cells in its report
+        self.partial = partial
         self.checkpoint_every = parse_every(checkpoint_every)
         self.store = ResultStore(self.results_dir / RESULTS_FILE)
         self.run_id = uuid.uuid4().hex[:12]
@@ -409,6 +413,20 @@ class ExperimentRunner:
             "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
 
+    def _other_parts(self) -> list[str]:
+        """The cells run.json lists that belong to datasets or condensers outside this part of
+        the grid, told by their records: a grid filled a condenser at a time reports them all,
+        while this part's own cells are replaced by its current ones (an earlier config of the
+        same condenser drops out, as in a whole run)."""
+        path = self.results_dir / RUN_FILE
+        if not path.exists():
+            return []
+        listed = set(json.loads(path.read_text(encoding="utf-8")).get("cells", []))
+        mine = {(ds.name, c.label) for ds in self.exp.datasets for c in self.exp.condensers}
+        return sorted({r["cell"] for r in self.store.rows()
+                       if r.get("cell") in listed
+                       and (r.get("dataset"), r.get("condenser")) not in mine})
+
     def run(self, on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
         """Every cell of this worker's shard that the store does not hold. A set that another
         worker is condensing is put off until the others are done, then waited for."""
@@ -420,7 +438,7 @@ class ExperimentRunner:
             if cond.method != WHOLE:
                 check_ipc(self.split(ds)[0].train, ipc)
         keys = [c.key for g in groups for c in g]  # the whole grid's, whatever the shard
-        self.write_run_file(keys)
+        self.write_run_file(keys + self._other_parts() if self.partial else keys)
         mine = [[c for c in g if self.shard.owns(c.key)] for g in groups]
         mine = [g for g in mine if g]
         total = sum(len(g) for g in mine)
@@ -465,12 +483,13 @@ class ExperimentRunner:
 def run_experiment(exp: Experiment, results_dir: str | Path, *, data_root: str | None = None,
                    cache_dir: str | Path | None = None, progress: bool = True,
                    on_cell: Callable[[Cell], None] | None = None,
-                   shard: Shard | None = None) -> RunSummary:
+                   shard: Shard | None = None, partial: bool = False) -> RunSummary:
     """Run (or resume) every cell of ``exp`` (of ``shard``'s part of it) that ``results_dir``
-    does not hold yet."""
+    does not hold yet. ``partial``: ``exp`` is a part of a grid (:func:`restrict_condensers`,
+    :func:`restrict_datasets`) whose other parts share ``results_dir`` and its report."""
     runner = ExperimentRunner(exp, Path(results_dir), data_root=data_root,
                               cache_dir=Path(cache_dir) if cache_dir else None,
-                              progress=progress, shard=shard)
+                              progress=progress, shard=shard, partial=partial)
     return runner.run(on_cell)
 
 
