@@ -13,6 +13,7 @@ from ..common import (
     SECTIONS,
     Block,
     Section,
+    Stats,
     Table,
     Text,
     fmt_seconds,
@@ -31,7 +32,7 @@ class _Point:
 
     seconds: float
     updates: int | None  # None: a coreset, or a final set whose run did not record its count
-    value: Any  # Stats
+    value: Stats
     final: bool
 
 
@@ -46,8 +47,10 @@ def _points(records: list[Record]) -> list[_Point]:
             updates = round(statistics.fmean(counts)) if counts else None
         else:
             updates = it
-        points.append(_Point(statistics.fmean(r.condense_seconds for r in rs), updates,
-                             stats([r.value for r in rs]), it is None))
+        value = stats([r.value for r in rs])
+        assert value is not None  # every group holds a record
+        points.append(_Point(statistics.fmean(r.condense_seconds for r in rs), updates, value,
+                             it is None))
     return sorted(points, key=lambda p: (p.seconds, p.updates or 0))
 
 
