@@ -399,6 +399,9 @@ class ExperimentRunner:
         path = self.results_dir / RUN_FILE
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         protocols = dict(previous.get("protocols", {}))
+        listed = previous.get("cells", [])
+        if cells is not None:  # a part of the grid keeps the other parts' cells
+            listed = sorted({*cells, *self._other_parts(listed)} if self.partial else cells)
         for ds in self.exp.datasets:  # the splits judged on
             if (ds.name, ds.resolution) in self._splits:
                 split = self.judged_split(ds)
@@ -409,23 +412,20 @@ class ExperimentRunner:
             "spec": asdict(self.exp), "versions": self.versions, "machine": self.machine_info,
             "protocols": protocols, "cache_dir": str(self.cache_dir),
             # the report shows these cells only: results of an earlier config may share the store
-            "cells": sorted(cells) if cells is not None else previous.get("cells", []),
+            "cells": listed,
             "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
 
-    def _other_parts(self) -> list[str]:
-        """The cells run.json lists that belong to datasets or condensers outside this part of
-        the grid, told by their records: a grid filled a condenser at a time reports them all,
+    def _other_parts(self, listed: list[str]) -> set[str]:
+        """The ``listed`` cells that belong to datasets or condensers outside this part of the
+        grid, told by their records: a grid filled a condenser at a time reports them all,
         while this part's own cells are replaced by its current ones (an earlier config of the
         same condenser drops out, as in a whole run)."""
-        path = self.results_dir / RUN_FILE
-        if not path.exists():
-            return []
-        listed = set(json.loads(path.read_text(encoding="utf-8")).get("cells", []))
+        listed_set = set(listed)
         mine = {(ds.name, c.label) for ds in self.exp.datasets for c in self.exp.condensers}
-        return sorted({r["cell"] for r in self.store.rows()
-                       if r.get("cell") in listed
-                       and (r.get("dataset"), r.get("condenser")) not in mine})
+        return {r["cell"] for r in self.store.rows()
+                if r.get("cell") in listed_set
+                and (r.get("dataset"), r.get("condenser")) not in mine}
 
     def run(self, on_cell: Callable[[Cell], None] | None = None) -> RunSummary:
         """Every cell of this worker's shard that the store does not hold. A set that another
@@ -438,7 +438,7 @@ class ExperimentRunner:
             if cond.method != WHOLE:
                 check_ipc(self.split(ds)[0].train, ipc)
         keys = [c.key for g in groups for c in g]  # the whole grid's, whatever the shard
-        self.write_run_file(keys + self._other_parts() if self.partial else keys)
+        self.write_run_file(keys)
         mine = [[c for c in g if self.shard.owns(c.key)] for g in groups]
         mine = [g for g in mine if g]
         total = sum(len(g) for g in mine)
