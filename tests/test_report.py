@@ -425,6 +425,26 @@ def test_fig3_gives_final_sets_their_recorded_update_count(tmp_path, monkeypatch
                       ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
 
 
+def test_fig3_counts_updates_so_an_idc_iteration_is_not_read_as_one(tmp_path, monkeypatch):
+    # An IDC iteration holds inner_loop updates of every class; a DM record written before
+    # runs kept updates still counts one update an iteration.
+    monkeypatch.setattr(report_common, "matplotlib_available", lambda: False)
+    results = tmp_path / "r"
+    recs = [_record(condenser="idc", method="idc", iteration=2, updates=200, iterations=2,
+                    condense_seconds=500.0, value=0.35),
+            _record(condenser="idc", method="idc", updates=2_530, iterations=25,
+                    condense_seconds=7_200.0, value=0.38),
+            _record(condenser="dm", method="dm", iteration=200, iterations=200,
+                    condense_seconds=100.0, value=0.30),
+            _record(condenser="dm", method="dm", iterations=5_000, condense_seconds=2_000.0,
+                    value=0.33)]
+    _write(results, recs, _run_json())
+    write_report(results)
+    f3 = _md_tables(_section((results / "report.md").read_text("utf-8"), "Fig. 3"))[0]
+    assert [r[:2] for r in f3[2:]] == [["dm", "200"], ["", "5,000 (final)"],
+                                       ["idc", "200"], ["", "2,530 (final)"]]
+
+
 def test_validation_protocol_results_claim_no_paper_values(tmp_path):
     # the paper's numbers are on its test queries; a tuning grid's validation protocol is not
     results = tmp_path / "r"

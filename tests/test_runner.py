@@ -523,6 +523,7 @@ def test_snapshots_are_judged_for_iterative_condensers_only(tmp_path):
                         ("iem-none", None)}
     dm = {r["iteration"]: r for r in rows if r["condenser"] == "dm"}
     assert dm[1]["iterations"] == 1 and dm[None]["iterations"] == 3
+    assert dm[1]["updates"] == 1 and dm[None]["updates"] == 3  # Fig. 3's updates: one an iteration
     assert dm[1]["condense_seconds"] <= dm[None]["condense_seconds"]
 
 

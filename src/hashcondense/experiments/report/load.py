@@ -59,6 +59,9 @@ class Record:
     train_seconds: float
     encode_seconds: float
     iterations: int | None = None  # iterations the set's condensation actually ran
+    # updates of every class's images the judged set had: one per DM/IEM iteration, outer_loop
+    # per DSA iteration, inner_loop per IDC one (None: recorded before runs kept it)
+    updates: int | None = None
     method: str | None = None  # the condenser's method (its label may be anything)
     options: dict[str, Any] | None = None  # the options the grid gave it (None: not recorded)
     protocol: str = "test"  # "validation": carved from the database, not the paper's queries
@@ -127,6 +130,7 @@ def load(results_dir: Path) -> tuple[list[Record], dict[str, Any]]:
             value=100.0 * float(value), condense_seconds=num(r.get("condense_seconds")),
             train_seconds=num(r.get("train_seconds")),
             encode_seconds=num(r.get("encode_seconds")), iterations=r.get("iterations"),
+            updates=r.get("updates"),
             method=r.get("method"),
             options=r["options"] if isinstance(r.get("options"), dict) else None,
             protocol=str(r.get("protocol", "test"))))

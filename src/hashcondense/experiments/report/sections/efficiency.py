@@ -31,7 +31,9 @@ class _Point:
     """One judged version of a condenser's set, averaged over seeds."""
 
     seconds: float
-    updates: int | None  # None: a coreset, or a final set whose run did not record its count
+    # updates of every class's images (DSA and IDC make many an iteration); None: a coreset,
+    # or a final set whose run did not record its count
+    updates: int | None
     value: Stats
     final: bool
 
@@ -42,11 +44,12 @@ def _points(records: list[Record]) -> list[_Point]:
         by_iter[r.iteration].append(r)
     points = []
     for it, rs in by_iter.items():
-        if it is None:  # the final set: the count the run actually made (a time budget varies)
-            counts = [r.iterations for r in rs if r.iterations is not None]
-            updates = round(statistics.fmean(counts)) if counts else None
-        else:
-            updates = it
+        # the count each run actually made (a time budget varies); records from before runs
+        # kept ``updates`` are DM / IEM ones, whose iteration is one update
+        counts = [r.updates if r.updates is not None else it if it is not None else r.iterations
+                  for r in rs]
+        known = [c for c in counts if c is not None]
+        updates = round(statistics.fmean(known)) if known else None
         value = stats([r.value for r in rs])
         assert value is not None  # every group holds a record
         points.append(_Point(statistics.fmean(r.condense_seconds for r in rs), updates, value,
@@ -78,9 +81,11 @@ def efficiency(ctx: Context) -> Section | None:
     paper_hash = ctx.paper_hash(rows)
     blocks: list[Block] = [Text(
         f"{ctx.metric_names(rows)} (%) against condensation wall time (left) and updates "
-        "(right): each line runs through one condenser's snapshots and its final set (means "
-        "over seeds; squares mark final sets); the dashed line is the whole training set. Sets "
-        f"that took no time (random, …) sit at {MIN_LOG_SECONDS} s on the left and are "
+        "(right; one update moves every class's images once: a DM or IEM iteration, one of a "
+        "DSA iteration's outer steps, one of an IDC iteration's inner steps): each line runs "
+        "through one condenser's snapshots and its final set (means over seeds; squares mark "
+        "final sets); the dashed line is the whole training set. Sets that took no time "
+        f"(random, …) sit at {MIN_LOG_SECONDS} s on the left and are "
         "dotted levels on the right.")]
     for ds, ipc, bits, hm in keys:
         mine = [r for r in rows if r.dataset == ds and r.bits == bits and r.hash_method == hm]
