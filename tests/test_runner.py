@@ -356,7 +356,7 @@ RECORD_FIELDS = {"cell", "dataset", "resolution", "condenser", "method", "option
                  "seed", "task", "hash_method", "bits", "metric", "value", "judge", "budget",
                  "condense_seconds", "train_seconds", "encode_seconds", "profile", "machine",
                  "versions", "protocol", "protocol_fingerprint", "experiment", "run_id",
-                 "condense_cell", "iteration", "iterations", "backbone", "precision",
+                 "condense_cell", "iteration", "iterations", "updates", "backbone", "precision",
                  "compute_dtype", "finished_at"}
 
 VALIDATION_GRID = """

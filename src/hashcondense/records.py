@@ -67,9 +67,9 @@ RESULT_FIELDS: tuple[Field, ...] = (
     Field("run_id", (str,), "the `bench` invocation that wrote it", False),
     Field("iteration", _OPT_INT, "snapshot iteration (null: the final set)", False),
     Field("iterations", _OPT_INT, "iterations the set was condensed for", False),
-    Field("updates", _OPT_INT, "updates of every class's images the set had (a DM / IEM "
-          "iteration is one; a DSA or IDC one is many; its metadata's `steps`): Fig. 3's x "
-          "axis", False),
+    Field("updates", _OPT_INT, "updates of every class's images the set had (one a DM / IEM "
+          "iteration, `outer_loop` a DSA one, `inner_loop` an IDC one; its metadata's `steps`): "
+          "Fig. 3's x axis", False),
     Field("resolution", _OPT_INT, "image side in pixels", False),
     Field("backbone", (str,), "the judge's backbone", False),
     Field("encode_seconds", _NUM, "wall time of encoding queries and database", False),
