@@ -417,12 +417,14 @@ def test_fig3_gives_final_sets_their_recorded_update_count(tmp_path, monkeypatch
     recs += [_record(seed=s, iterations=n, condense_seconds=900.0, value=v)
              for s, n, v in ((0, 900, 0.4), (1, 1000, 0.5))]
     recs.append(_record(condenser="random", method="random", condense_seconds=0.0, value=0.2))
+    recs.append(_record(condenser="whole", value=0.6))  # drawn as a level, not a table row
     _write(results, recs, _run_json())
     write_report(results)
-    f3 = _md_tables(_section((results / "report.md").read_text("utf-8"), "Fig. 3"))[0]
-    assert f3[2:] == [["random", "– (final)", "0.0 s", "20.00 (1)"],
-                      ["iem", "200", "100 s", "30.00 ± 0.00 (2)"],
-                      ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
+    section = _section((results / "report.md").read_text("utf-8"), "Fig. 3")
+    assert _md_tables(section)[0][2:] == [["random", "– (final)", "0.0 s", "20.00 (1)"],
+                                ["iem", "200", "100 s", "30.00 ± 0.00 (2)"],
+                                ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
+    assert "the dashed line is the whole training set" in section
 
 
 def test_fig3_counts_updates_so_an_idc_iteration_is_not_read_as_one(tmp_path, monkeypatch):
@@ -443,6 +445,8 @@ def test_fig3_counts_updates_so_an_idc_iteration_is_not_read_as_one(tmp_path, mo
     f3 = _md_tables(_section((results / "report.md").read_text("utf-8"), "Fig. 3"))[0]
     assert [r[:2] for r in f3[2:]] == [["dm", "200"], ["", "5,000 (final)"],
                                        ["idc", "200"], ["", "2,530 (final)"]]
+    # no whole-split record in this store, so the caption promises no dashed line
+    assert "dashed line" not in _section((results / "report.md").read_text("utf-8"), "Fig. 3")
 
 
 def test_validation_protocol_results_claim_no_paper_values(tmp_path):

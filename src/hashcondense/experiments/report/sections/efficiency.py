@@ -84,9 +84,10 @@ def efficiency(ctx: Context) -> Section | None:
         "(right; one update moves every class's images once: a DM or IEM iteration, one of a "
         "DSA iteration's outer steps, one of an IDC iteration's inner steps): each line runs "
         "through one condenser's snapshots and its final set (means over seeds; squares mark "
-        "final sets); the dashed line is the whole training set. Sets that took no time "
-        f"(random, …) sit at {MIN_LOG_SECONDS} s on the left and are "
-        "dotted levels on the right.")]
+        "final sets)"
+        + ("; the dashed line is the whole training set" if any(r.whole for r in rows) else "")
+        + f". Sets that took no time (random, …) sit at {MIN_LOG_SECONDS} s on the left and "
+        "are dotted levels on the right.")]
     for ds, ipc, bits, hm in keys:
         mine = [r for r in rows if r.dataset == ds and r.bits == bits and r.hash_method == hm]
         whole = stats([r.value for r in mine if r.whole])
