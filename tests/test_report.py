@@ -422,8 +422,8 @@ def test_fig3_gives_final_sets_their_recorded_update_count(tmp_path, monkeypatch
     write_report(results)
     section = _section((results / "report.md").read_text("utf-8"), "Fig. 3")
     assert _md_tables(section)[0][2:] == [["random", "– (final)", "0.0 s", "20.00 (1)"],
-                                ["iem", "200", "100 s", "30.00 ± 0.00 (2)"],
-                                ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
+                                          ["iem", "200", "100 s", "30.00 ± 0.00 (2)"],
+                                          ["", "950 (final)", "900 s", "45.00 ± 7.07 (2)"]]
     assert "the dashed line is the whole training set" in section
 
 
