@@ -161,8 +161,9 @@ def world_from_environment(environ: dict[str, str] | None = None) -> World:
 
 @contextlib.contextmanager
 def session(environ: dict[str, str] | None = None) -> Iterator[World]:
-    """The process's :class:`World` for the duration of a command; leaves the group at the end
-    (a rank that raised leaves without waiting for the others)."""
+    """The process's :class:`World` for the duration of a command; leaves the group at the end,
+    all ranks together after a barrier (a rank that raised leaves without waiting for the
+    others)."""
     import torch
 
     world = world_from_environment(environ)
@@ -174,10 +175,14 @@ def session(environ: dict[str, str] | None = None) -> Iterator[World]:
                               "the job with --resume to continue from the last checkpoint")
 
         previous = signal.signal(signal.SIGTERM, stopped)  # torchrun stops the survivors so
+    finished = False
     try:
         yield world
+        finished = True
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if world.size > 1 and torch.distributed.is_initialized():
+            if finished:  # no rank tears its group down while a peer still uses it (a gloo
+                torch.distributed.barrier()  # rank that left first could abort at exit)
             torch.distributed.destroy_process_group()
