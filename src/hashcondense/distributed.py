@@ -183,6 +183,9 @@ def session(environ: dict[str, str] | None = None) -> Iterator[World]:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if world.size > 1 and torch.distributed.is_initialized():
-            if finished:  # no rank tears its group down while a peer still uses it (a gloo
-                torch.distributed.barrier()  # rank that left first could abort at exit)
-            torch.distributed.destroy_process_group()
+            try:  # no rank tears its group down while a peer still uses it (a gloo rank
+                if finished:  # that left first could abort at exit); a dead peer here gets
+                    world._collective("the closing barrier",  # the collectives' message
+                                      torch.distributed.barrier)
+            finally:
+                torch.distributed.destroy_process_group()
