@@ -449,6 +449,24 @@ def test_fig3_counts_updates_so_an_idc_iteration_is_not_read_as_one(tmp_path, mo
     assert "dashed line" not in _section((results / "report.md").read_text("utf-8"), "Fig. 3")
 
 
+@pytest.mark.parametrize(("lo", "hi", "wanted", "unwanted"), [
+    (1_000, 3_000, {"1000", "2000", "3000"}, set()),        # under a decade: every step
+    (200, 5_000, {"200", "500", "1000", "2000"}, {"300"}),  # ~1.4 decades: 1, 2, 5
+    (0.01, 7_000, {"0.01", "1", "100"}, {"2", "5"}),        # many decades: decades only
+])
+def test_fig3_log_axis_labels_plain_numbers_that_fit_its_span(lo, hi, wanted, unwanted):
+    pytest.importorskip("matplotlib")
+    from hashcondense.experiments.report.sections.efficiency import _plain_log_ticks
+
+    fig, (ax,) = report_common.new_figure()
+    ax.plot([lo, hi], [0.0, 1.0])
+    _plain_log_ticks(ax)
+    fig.canvas.draw()
+    left, right = ax.get_xlim()
+    labels = {t.get_text() for t in ax.get_xticklabels() if left <= t.get_position()[0] <= right}
+    assert wanted <= labels and not unwanted & labels, labels
+
+
 def test_validation_protocol_results_claim_no_paper_values(tmp_path):
     # the paper's numbers are on its test queries; a tuning grid's validation protocol is not
     results = tmp_path / "r"

@@ -58,14 +58,18 @@ def _points(records: list[Record]) -> list[_Point]:
 
 
 def _plain_log_ticks(ax: Any) -> None:
-    """A log x axis labelled 200, 500, 1000 where it spans under ~2.5 decades (matplotlib
-    would label its minor ticks in overlapping 3×10² form), at the decades beyond that."""
+    """A log x axis labelled 1000, 2000, 3000 where it spans under a decade (a snapshot curve
+    from 1,000 to 3,000 updates would otherwise show two labels), 200, 500, 1000 under ~2.5
+    decades (matplotlib would label its minor ticks in overlapping 3×10² form), and at the
+    decades beyond that."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo < 300
-                                          else (1.0,)))
+    span = hi / lo
+    subs = (tuple(float(i) for i in range(1, 10)) if span < 10
+            else (1.0, 2.0, 5.0) if span < 300 else (1.0,))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
