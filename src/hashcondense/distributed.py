@@ -183,9 +183,10 @@ def session(environ: dict[str, str] | None = None) -> Iterator[World]:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if world.size > 1 and torch.distributed.is_initialized():
-            try:  # no rank tears its group down while a peer still uses it (a gloo rank
-                if finished:  # that left first could abort at exit); a dead peer here gets
-                    world._collective("the closing barrier",  # the collectives' message
-                                      torch.distributed.barrier)
+            # No rank tears its group down while a peer still uses it (a gloo rank that left
+            # first could abort at exit); a peer dead by then gets the collectives' message.
+            try:
+                if finished:
+                    world._collective("the closing barrier", torch.distributed.barrier)
             finally:
                 torch.distributed.destroy_process_group()
