@@ -9,8 +9,10 @@ from hashcondense.augment import (
     FAMILIES,
     DSAConfig,
     DSAParams,
+    apply_cutmix,
     apply_dsa,
     dsa,
+    sample_cutmix,
     sample_dsa_params,
     siamese_dsa,
 )
@@ -277,3 +279,56 @@ def test_take_expands_group_draws_to_a_siamese_transform_per_group():
         y[1] = y[0]
         out_y = apply_dsa(y, params.take(groups))
         torch.testing.assert_close(out_y[0], out_y[1])
+
+
+# -- CutMix ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width", "beta"), [(8, 8, 1.0), (5, 12, 0.3), (32, 32, 4.0)])
+def test_cutmix_box_lies_in_the_image_and_ratio_is_the_kept_area(height, width, beta):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        mix = sample_cutmix(6, height, width, beta=beta, generator=g)
+        (r0, r1), (c0, c1) = mix.rows, mix.cols
+        assert 0 <= r0 <= r1 <= height and 0 <= c0 <= c1 <= width
+        assert mix.ratio == pytest.approx(1 - (r1 - r0) * (c1 - c0) / (height * width))
+        assert sorted(mix.perm.tolist()) == list(range(6))
+
+
+def test_cutmix_pastes_the_permuted_samples_box_and_keeps_the_rest():
+    x = torch.randn(5, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    mix = next(m for m in (sample_cutmix(5, 10, 10, beta=1.0, generator=g) for _ in range(100))
+               if 0 < m.ratio < 1)
+    out = apply_cutmix(x, mix)
+    inside = torch.zeros(10, 10, dtype=torch.bool)
+    inside[mix.rows[0]:mix.rows[1], mix.cols[0]:mix.cols[1]] = True
+    for i in range(5):  # brute force, pixel by pixel
+        j = int(mix.perm[i])
+        assert torch.equal(out[i][:, inside], x[j][:, inside])
+        assert torch.equal(out[i][:, ~inside], x[i][:, ~inside])
+    assert not torch.equal(out, x)  # x itself untouched, the result a new tensor
+
+
+def test_cutmix_draws_are_reproducible_and_follow_the_generator():
+    def draws(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [(m.rows, m.cols, m.ratio, m.perm.tolist())
+                for m in (sample_cutmix(8, 16, 16, beta=1.0, generator=g) for _ in range(5))]
+
+    torch.manual_seed(0)
+    assert draws(3) == draws(3) != draws(4)
+    with pytest.raises(ValueError, match="beta"):
+        sample_cutmix(4, 8, 8, beta=0.0, generator=torch.Generator())
+
+
+def test_cutmix_area_follows_beta():
+    # lambda ~ Beta(1, 1) is uniform, so the pasted share of an unclipped box averages ~1/2
+    # before clipping; clipping only removes area, and a large beta concentrates lambda at 1/2
+    g = torch.Generator().manual_seed(0)
+    kept = torch.tensor([sample_cutmix(2, 64, 64, beta=1.0, generator=g).ratio
+                         for _ in range(2000)])
+    assert 0.5 < kept.mean() < 0.8 and kept.min() >= 0 and kept.max() <= 1
+    peaked = torch.tensor([sample_cutmix(2, 64, 64, beta=50.0, generator=g).ratio
+                           for _ in range(500)])
+    assert peaked.std() < kept.std()

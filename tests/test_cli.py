@@ -67,6 +67,12 @@ def test_parser_defaults_and_required_args(capsys):
                                         "--batch-size", "7"])
     assert _train_config(custom, whole=False).batch_size == 7
     assert _train_config(custom, whole=False).min_steps == 2000
+    assert _train_config(custom, whole=False).cutmix == 0.0  # off unless asked for
+    mixed = build_parser().parse_args(["train", "--out", "x", "--cutmix", "0.5"])
+    assert _train_config(mixed, whole=True).cutmix == 0.5
+    with pytest.raises(ValueError, match="cutmix"):
+        _train_config(build_parser().parse_args(["train", "--out", "x", "--cutmix", "2"]),
+                      whole=False)
     with pytest.raises(SystemExit) as e:
         main(["train"])  # --out is required
     assert e.value.code == 2

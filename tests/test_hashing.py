@@ -3,6 +3,7 @@ normalisation and runtime selection."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -240,6 +241,9 @@ def test_dhd_defaults():
         ({"lr": 0.0}, "lr"),
         ({"weak_augment": "crop_blur"}, "blur"),
         ({"strong_augment": "color_warp"}, "warp"),
+        ({"cutmix": 1.5}, "cutmix"),
+        ({"cutmix": -0.1}, "cutmix"),
+        ({"cutmix_beta": 0.0}, "cutmix_beta"),
     ],
 )
 def test_train_config_validation(kwargs, match):
@@ -330,12 +334,46 @@ def test_training_is_deterministic_under_a_seed():
     assert not r1.model.training  # left in eval mode
 
 
-def test_training_does_not_touch_global_rng():
+@pytest.mark.parametrize("cutmix", [0.0, 1.0])
+def test_training_does_not_touch_global_rng(cutmix):
     images, labels = _tiny()
     torch.manual_seed(99)
     before = torch.get_rng_state()
-    _train(images, labels, seed=0, epochs=1)
+    _train(images, labels, seed=0, epochs=1, cutmix=cutmix)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_cutmix_loss_weights_each_label_by_its_images_share_of_the_area():
+    """One step on the whole batch, views unaugmented: the recorded loss must be the CutMix
+    loss recomputed by hand from the same draws (the trainer's generator, replayed)."""
+    from hashcondense.augment import apply_cutmix, sample_cutmix
+
+    images, labels = _tiny(n=6, channels=1)
+    labels = torch.arange(6) % 3
+    seed, method = 5, DHD()
+    cfg = TrainConfig(epochs=1, batch_size=6, weak_augment="none", strong_augment="none",
+                      cutmix=1.0, precision="fp32", device="cpu")
+    run = train_hashing_network(images, labels, method=method, bits=8, num_classes=3,
+                                config=cfg, seed=seed, progress=False)
+    g = torch.Generator().manual_seed(seed + 1_000_003)
+    order = torch.randperm(6, generator=g)
+    torch.rand((), generator=g)  # the trainer's "CutMix this batch?" draw
+    mix = sample_cutmix(6, 8, 8, beta=1.0, generator=g)
+    x, y = apply_cutmix(images[order], mix), labels[order]
+    net = build_hashing_network(method, backbone="convnet3", bits=8, num_classes=3,
+                                in_channels=1, resolution=8, seed=seed)
+    net.train()
+    codes = net(torch.cat([x, x]))
+
+    def loss(t):
+        return method.loss(HashBatch(codes[:6], codes[6:], t), net.head).item()
+    want = mix.ratio * loss(y) + (1 - mix.ratio) * loss(y[mix.perm])
+    assert run.losses[0] == pytest.approx(want, rel=1e-5)
+    assert 0 < mix.ratio < 1 and loss(y) != pytest.approx(want)  # the mixing mattered
+    plain = train_hashing_network(images, labels, method=method, bits=8, num_classes=3,
+                                  config=dataclasses.replace(cfg, cutmix=0.0), seed=seed,
+                                  progress=False)
+    assert plain.losses[0] != pytest.approx(run.losses[0])
 
 
 @pytest.mark.parametrize(

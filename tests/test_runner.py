@@ -184,6 +184,22 @@ def test_grids_that_reuse_table1_sets_ask_for_the_same_condensation(other):
         assert ds.resolution == same.resolution and set(ds.ipcs) <= set(same.ipcs)
 
 
+def test_judge_cutmix_judges_iem_loops_cached_set():
+    """Both variants must ask for iem_loop's `iem` set, or the CutMix comparison condenses a
+    set of its own and its plain arm no longer repeats iem_loop's 38.51 judge."""
+    from hashcondense.experiments.grid import load_experiments
+
+    configs = REPO / "benchmarks" / "configs"
+    loop = next(e for e in load_experiments(configs / "iem_loop.yaml", "cpu"))
+    iem = next(c for c in loop.condensers if c.label == "iem")
+    for exp in load_experiments(configs / "judge_cutmix.yaml", "cpu"):
+        assert exp.condensers == (iem,) and exp.budget_for("iem") == loop.budget_for("iem")
+        assert (exp.datasets, exp.protocol, exp.precision, exp.compile, exp.split_seed) == (
+            loop.datasets, loop.protocol, loop.precision, loop.compile, loop.split_seed)
+        assert exp.judge.recipe == loop.judge.recipe
+        assert exp.judge.cutmix == (0.5 if exp.variant == "cutmix" else None)
+
+
 def test_cells_run_seed_by_seed_and_the_whole_set_last_once_per_dataset():
     exp = parse_experiment({"grid": {"datasets": {"cifar10": {"ipcs": [10, 1]}},
                                      "condensers": ["whole", "random"], "seeds": [0, 1]}},
@@ -493,6 +509,30 @@ def test_judge_epochs_floor_reaches_the_trainer_and_is_a_new_cell(tmp_path):
         plain, tmp_path / "out", progress=False).train_config(whole=True)  # whole set: untouched
     keys = {c.key for c, _ in plan(floored, tmp_path / "out")}
     assert keys.isdisjoint(c.key for c, _ in plan(plain, tmp_path / "out"))
+
+
+def test_judge_cutmix_reaches_both_kinds_of_set_and_only_then_enters_the_cell(tmp_path):
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    path = tmp_path / "cutmix.yaml"
+    path.write_text(TINY.replace("judge: {recipe: smoke}", "judge: {recipe: smoke, cutmix: 0.5}"))
+    mixed, plain = load_experiment(path, "smoke"), load_experiment(tiny(tmp_path), "smoke")
+    runner = ExperimentRunner(mixed, tmp_path / "out", progress=False)
+    assert runner.train_config(whole=False).cutmix == runner.train_config(whole=True).cutmix == 0.5
+    assert ExperimentRunner(plain, tmp_path / "out", progress=False).train_config(
+        whole=False).cutmix == 0.0
+    keys = {c.key for c, _ in plan(mixed, tmp_path / "out")}
+    assert keys.isdisjoint(c.key for c, _ in plan(plain, tmp_path / "out"))
+    # the judge without the option keeps the keys every committed cell was stored under
+    from hashcondense.experiments.runner import judge_identity
+
+    assert judge_identity(plain.judge, whole=False, precision="fp32", protocol="test") == {
+        "recipe": "smoke", "precision": "fp32", "protocol": "test"}
+    for bad in ("0", "1.5", "yes"):
+        path.write_text(TINY.replace("judge: {recipe: smoke}",
+                                     f"judge: {{recipe: smoke, cutmix: {bad}}}"))
+        with pytest.raises(ValueError, match="judge.cutmix"):
+            load_experiment(path, "smoke")
 
 
 def test_a_budget_has_one_identity_however_it_is_written(tmp_path):

@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +29,9 @@ __all__ = [
     "apply_dsa",
     "dsa",
     "siamese_dsa",
+    "CutMix",
+    "sample_cutmix",
+    "apply_cutmix",
 ]
 
 #: Augmentation families accepted in ``DSAConfig.strategy`` ("color" = brightness, saturation,
@@ -364,3 +368,43 @@ def siamese_dsa(
     h, w = batches[0].shape[2], batches[0].shape[3]
     params = sample_dsa_params(config, 1, generator=generator, siamese=True, height=h, width=w)
     return tuple(apply_dsa(b, params) for b in batches)
+
+
+@dataclass(frozen=True)
+class CutMix:
+    """One CutMix draw for a batch (Yun et al., ICCV 2019): paste the box ``rows × cols`` of
+    sample ``perm[i]`` into sample ``i``. ``ratio`` is the area left to each sample's own image,
+    the weight of its own label's loss (the pasted image's label gets ``1 - ratio``)."""
+
+    perm: torch.Tensor  # (N,) int64
+    rows: tuple[int, int]  # [top, bottom)
+    cols: tuple[int, int]  # [left, right)
+    ratio: float
+
+
+def sample_cutmix(n: int, height: int, width: int, *, beta: float,
+                  generator: torch.Generator) -> CutMix:
+    """A box of area ``(1 - λ)`` of the image, λ ~ Beta(β, β), centred uniformly and clipped to
+    the image (so the kept area, ``ratio``, is measured after clipping)."""
+    if beta <= 0:
+        raise ValueError(f"cutmix beta must be positive, got {beta}")
+    # one draw from the explicit generator seeds everything else, so a run stays reproducible
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator,
+                                                        device=generator.device)))
+    lam = float(rng.beta(beta, beta))
+    side = math.sqrt(1.0 - lam)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    dy, dx = int(height * side) // 2, int(width * side) // 2
+    rows = (max(cy - dy, 0), min(cy + dy, height))
+    cols = (max(cx - dx, 0), min(cx + dx, width))
+    area = (rows[1] - rows[0]) * (cols[1] - cols[0])
+    perm = torch.from_numpy(rng.permutation(n))
+    return CutMix(perm=perm, rows=rows, cols=cols, ratio=1.0 - area / (height * width))
+
+
+def apply_cutmix(x: torch.Tensor, mix: CutMix) -> torch.Tensor:
+    """``x`` with ``mix``'s box taken from the permuted batch (a new tensor; ``x`` is kept)."""
+    out = x.clone()
+    (r0, r1), (c0, c1) = mix.rows, mix.cols
+    out[:, :, r0:r1, c0:c1] = x[mix.perm.to(x.device), :, r0:r1, c0:c1]
+    return out

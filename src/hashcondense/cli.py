@@ -75,6 +75,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
     g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--cutmix", type=float, default=None, metavar="P",
+                   help="CutMix on this share of batches (IDC evaluates with 0.5); default off")
     g.add_argument("--precision", choices=PRECISIONS, default=None)
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--compile", choices=COMPILES, default=None, help=COMPILE_HELP)
@@ -90,8 +92,8 @@ def _train_config(args: argparse.Namespace, *, whole: bool):
     profile = args.profile or default_profile()
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "precision", "device",
-                  "compile")
+        for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "cutmix", "precision",
+                  "device", "compile")
         if getattr(args, k) is not None
     }
     return dataclasses.replace(training_recipe(profile, whole=whole), **overrides)

@@ -180,14 +180,20 @@ class JudgeSpec:
     epochs: int | None = None
     whole_epochs: int | None = None  # epochs for the whole train split
     batch_size: int | None = None  # both kinds of set; None keeps the recipe's
+    # CutMix on this share of batches (IDC evaluates its sets with 0.5); None keeps the
+    # recipe's (off). Both kinds of set, so a whole-split reference is judged the same way
+    cutmix: float | None = None
 
     def __post_init__(self) -> None:
         _choice(self.recipe, "recipe", tuple(RECIPES))
         _positive_or_none(self, "steps", "epochs", "whole_epochs", "batch_size")
+        if self.cutmix is not None and not 0 < self.cutmix <= 1:
+            raise FieldError("cutmix", f"must be a probability in (0, 1], got {self.cutmix!r}")
 
-    def overrides(self, *, whole: bool) -> dict[str, int]:
+    def overrides(self, *, whole: bool) -> dict[str, float]:
         """The overrides that apply to a whole-split judge or to a condensed set's."""
-        names = ("whole_epochs", "batch_size") if whole else ("steps", "epochs", "batch_size")
+        names = ("whole_epochs", "batch_size", "cutmix") if whole else (
+            "steps", "epochs", "batch_size", "cutmix")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -197,7 +197,7 @@ class ExperimentRunner:
         """The recipe with the judge's overrides — the same ones its cell identity hashes."""
         judge = self.exp.judge
         fields = {"whole_epochs": "epochs", "steps": "min_steps", "epochs": "epochs",
-                  "batch_size": "batch_size"}
+                  "batch_size": "batch_size", "cutmix": "cutmix"}
         overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
         return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
                                    precision=self.exp.precision, compile=self.exp.compile)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..augment import DSAConfig, dsa
+from ..augment import DSAConfig, apply_cutmix, dsa, sample_cutmix
 from ..models import HashingNetwork, build_backbone
 from ..models.hashing import sign_codes
 from ..runtime import (
@@ -57,6 +57,10 @@ class TrainConfig:
     schedule: str = "cosine"
     weak_augment: str = "crop_flip"
     strong_augment: str = "color_crop_cutout_flip_scale_rotate"
+    # CutMix on this share of batches, after the views' augmentation (IDC's evaluation of
+    # multi-formation sets: p 0.5, beta 1); 0 = off
+    cutmix: float = 0.0
+    cutmix_beta: float = 1.0
     precision: str = "auto"
     device: str = "auto"
     channels_last: bool = False
@@ -75,6 +79,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise ValueError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
+        if not self.cutmix_beta > 0:
+            raise ValueError(f"cutmix_beta must be positive, got {self.cutmix_beta}")
         for aug in (self.weak_augment, self.strong_augment):
             if aug != "none":
                 DSAConfig(strategy=aug)  # validates the family names early
@@ -203,14 +211,23 @@ def train_hashing_network(
             for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr * _lr_factor(config.schedule, step, total)
             with autocast(device, amp_dtype):
-                x_weak = weak(x, generator).contiguous(memory_format=memory_format)
+                views = [weak(x, generator)]
                 if method.two_views:
-                    x_strong = strong(x, generator).contiguous(memory_format=memory_format)
-                    codes = forward(torch.cat([x_weak, x_strong]))
-                    batch = HashBatch(codes[: len(y)], codes[len(y) :], y)
-                else:
-                    batch = HashBatch(forward(x_weak), None, y)
-                loss = method.loss(batch, model.head)
+                    views.append(strong(x, generator))
+                mix = None
+                if config.cutmix > 0 and float(torch.rand(
+                        (), generator=generator, device=device)) < config.cutmix:
+                    mix = sample_cutmix(len(y), x.shape[2], x.shape[3],
+                                        beta=config.cutmix_beta, generator=generator)
+                    views = [apply_cutmix(v, mix) for v in views]  # one box for both views
+                codes = forward(torch.cat(views).contiguous(memory_format=memory_format))
+                strong_codes = codes[len(y):] if method.two_views else None
+                loss = method.loss(HashBatch(codes[: len(y)], strong_codes, y), model.head)
+                if mix is not None:  # each label weighted by its image's share of the area;
+                    # label-free terms keep weight ratio + (1 - ratio) = 1
+                    y_mix = y[mix.perm.to(device)]
+                    loss = mix.ratio * loss + (1 - mix.ratio) * method.loss(
+                        HashBatch(codes[: len(y)], strong_codes, y_mix), model.head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
