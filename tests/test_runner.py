@@ -535,6 +535,22 @@ def test_judge_cutmix_reaches_both_kinds_of_set_and_only_then_enters_the_cell(tm
             load_experiment(path, "smoke")
 
 
+def test_records_of_a_cutmix_judge_say_so_and_plain_ones_keep_their_shape(tmp_path):
+    plain = parse_experiment({"name": "plain", "grid": {
+        "datasets": {"digits": {"ipcs": [1], "resolution": 8}}, "condensers": ["random"],
+        "bits": [16], "judge": {"recipe": "smoke"}, "precision": "fp32", "compile": "off"}},
+        "smoke")
+    mixed = dataclasses.replace(plain, judge=dataclasses.replace(plain.judge, cutmix=1))
+    rows = {}
+    for name, exp in (("mixed", mixed), ("plain", plain)):
+        run_experiment(exp, tmp_path / name, progress=False)
+        rows[name] = read_jsonl(tmp_path / name / "results.jsonl")
+        assert rows[name] and not any(record_problems(r) for r in rows[name])
+    assert {r["judge"]["cutmix"] for r in rows["mixed"]} == {1}
+    assert not any("cutmix" in r["judge"] for r in rows["plain"])
+    assert {r["cell"] for r in rows["mixed"]}.isdisjoint(r["cell"] for r in rows["plain"])
+
+
 def test_a_budget_has_one_identity_however_it_is_written(tmp_path):
     def keys(budget: str) -> set[str]:
         path = tmp_path / f"{abs(hash(budget))}.yaml"

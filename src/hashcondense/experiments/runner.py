@@ -377,7 +377,9 @@ class ExperimentRunner:
                       "batch_size": train.batch_size,
                       # epochs bound the whole split's training (and a condensed set's where
                       # the grid floors them); a step-budgeted set has none
-                      "epochs": train.epochs if whole else self.exp.judge.epochs},
+                      "epochs": train.epochs if whole else self.exp.judge.epochs,
+                      # only when on: a plain judge's record keeps the shape it always had
+                      **({"cutmix": train.cutmix} if train.cutmix else {})},
             "precision": self.exp.precision,
             "compute_dtype": self.compute_dtype(train),
             **({} if condenser is None
