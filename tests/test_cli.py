@@ -73,6 +73,14 @@ def test_parser_defaults_and_required_args(capsys):
     with pytest.raises(ValueError, match="cutmix"):
         _train_config(build_parser().parse_args(["train", "--out", "x", "--cutmix", "2"]),
                       whole=False)
+    assert _train_config(custom, whole=False).strong_augment == training_recipe(
+        "paper", whole=False).strong_augment  # the recipe's unless asked for
+    plain_view = build_parser().parse_args(["train", "--out", "x", "--strong-augment",
+                                            "color_crop_flip_scale_rotate"])
+    assert _train_config(plain_view, whole=False).strong_augment == "color_crop_flip_scale_rotate"
+    with pytest.raises(ValueError, match="DSA family 'blur'"):
+        _train_config(build_parser().parse_args(["train", "--out", "x", "--strong-augment",
+                                                 "color_blur"]), whole=False)
     with pytest.raises(SystemExit) as e:
         main(["train"])  # --out is required
     assert e.value.code == 2

@@ -197,7 +197,9 @@ def test_judge_cutmix_judges_iem_loops_cached_set():
         assert (exp.datasets, exp.protocol, exp.precision, exp.compile, exp.split_seed) == (
             loop.datasets, loop.protocol, loop.precision, loop.compile, loop.split_seed)
         assert exp.judge.recipe == loop.judge.recipe
-        assert exp.judge.cutmix == (0.5 if exp.variant == "cutmix" else None)
+        assert exp.judge.cutmix == (None if exp.variant == "plain" else 0.5)
+        assert exp.judge.strong_augment == (
+            "color_crop_flip_scale_rotate" if exp.variant == "cutmix_no_cutout" else None)
 
 
 def test_cells_run_seed_by_seed_and_the_whole_set_last_once_per_dataset():
@@ -549,6 +551,39 @@ def test_records_of_a_cutmix_judge_say_so_and_plain_ones_keep_their_shape(tmp_pa
     assert {r["judge"]["cutmix"] for r in rows["mixed"]} == {1}
     assert not any("cutmix" in r["judge"] for r in rows["plain"])
     assert {r["cell"] for r in rows["mixed"]}.isdisjoint(r["cell"] for r in rows["plain"])
+    assert not any("strong_augment" in r["judge"] for r in rows["plain"])
+
+
+def test_judge_strong_augment_reaches_both_kinds_of_set_the_cell_and_the_record(tmp_path):
+    """IDC's evaluation drops cutout while CutMix is on: a judge option, so it must reach the
+    trainer, make new cells (a different judge), say so in the record and reject typos."""
+    from hashcondense.experiments.runner import ExperimentRunner
+    from hashcondense.recipes import training_recipe
+
+    path = tmp_path / "view.yaml"
+    view = "color_crop_flip_scale_rotate"
+    path.write_text(TINY.replace("judge: {recipe: smoke}",
+                                 f"judge: {{recipe: smoke, cutmix: 0.5, strong_augment: {view}}}"))
+    exp = load_experiment(path, "smoke")
+    runner = ExperimentRunner(exp, tmp_path / "out", progress=False)
+    assert runner.train_config(whole=False).strong_augment == view
+    assert runner.train_config(whole=True).strong_augment == view
+    assert training_recipe("smoke", whole=False).strong_augment != view  # so the test can fail
+    cutmix_only = dataclasses.replace(exp, judge=dataclasses.replace(exp.judge,
+                                                                     strong_augment=None))
+    keys = {c.key for c, _ in plan(exp, tmp_path / "out")}
+    assert keys.isdisjoint(c.key for c, _ in plan(cutmix_only, tmp_path / "out"))
+    one = dataclasses.replace(exp, condensers=exp.condensers[:1], datasets=(
+        dataclasses.replace(exp.datasets[0], ipcs=exp.datasets[0].ipcs[:1]),), bits=(16,))
+    run_experiment(one, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert rows and not any(record_problems(r) for r in rows)
+    assert {r["judge"]["strong_augment"] for r in rows} == {view}
+    for bad in ("color_blur", "3"):
+        path.write_text(TINY.replace("judge: {recipe: smoke}",
+                                     f"judge: {{recipe: smoke, strong_augment: {bad}}}"))
+        with pytest.raises(ValueError, match="judge.strong_augment"):
+            load_experiment(path, "smoke")
 
 
 def test_a_budget_has_one_identity_however_it_is_written(tmp_path):

@@ -77,6 +77,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--cutmix", type=float, default=None, metavar="P",
                    help="CutMix on this share of batches (IDC evaluates with 0.5); default off")
+    g.add_argument("--strong-augment", default=None, metavar="FAMILIES",
+                   help="DSA families of the second view, e.g. color_crop_flip_scale_rotate "
+                        "(IDC drops cutout under CutMix); default the recipe's")
     g.add_argument("--precision", choices=PRECISIONS, default=None)
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--compile", choices=COMPILES, default=None, help=COMPILE_HELP)
@@ -92,8 +95,8 @@ def _train_config(args: argparse.Namespace, *, whole: bool):
     profile = args.profile or default_profile()
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "cutmix", "precision",
-                  "device", "compile")
+        for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "cutmix",
+                  "strong_augment", "precision", "device", "compile")
         if getattr(args, k) is not None
     }
     return dataclasses.replace(training_recipe(profile, whole=whole), **overrides)

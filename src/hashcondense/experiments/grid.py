@@ -53,6 +53,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..augment import DSAConfig
 from ..condense import CONDENSERS, Budget, Condenser, build_condenser
 from ..hashing import HASH_METHODS
 from ..recipes import RECIPES
@@ -183,17 +184,28 @@ class JudgeSpec:
     # CutMix on this share of batches (IDC evaluates its sets with 0.5); None keeps the
     # recipe's (off). Both kinds of set, so a whole-split reference is judged the same way
     cutmix: float | None = None
+    # the DSA families of the second (strong) view; IDC drops cutout while CutMix is on
+    # (color_crop_flip_scale_rotate); None keeps the recipe's. Both kinds of set
+    strong_augment: str | None = None
 
     def __post_init__(self) -> None:
         _choice(self.recipe, "recipe", tuple(RECIPES))
         _positive_or_none(self, "steps", "epochs", "whole_epochs", "batch_size")
         if self.cutmix is not None and not 0 < self.cutmix <= 1:
             raise FieldError("cutmix", f"must be a probability in (0, 1], got {self.cutmix!r}")
+        if self.strong_augment is not None:
+            try:
+                if not isinstance(self.strong_augment, str):
+                    raise ValueError(f"must be a string, got {self.strong_augment!r}")
+                if self.strong_augment != "none":
+                    DSAConfig(strategy=self.strong_augment)
+            except ValueError as err:
+                raise FieldError("strong_augment", str(err)) from None
 
-    def overrides(self, *, whole: bool) -> dict[str, float]:
+    def overrides(self, *, whole: bool) -> dict[str, float | str]:
         """The overrides that apply to a whole-split judge or to a condensed set's."""
-        names = ("whole_epochs", "batch_size", "cutmix") if whole else (
-            "steps", "epochs", "batch_size", "cutmix")
+        names = ("whole_epochs", "batch_size", "cutmix", "strong_augment") if whole else (
+            "steps", "epochs", "batch_size", "cutmix", "strong_augment")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -197,7 +197,8 @@ class ExperimentRunner:
         """The recipe with the judge's overrides — the same ones its cell identity hashes."""
         judge = self.exp.judge
         fields = {"whole_epochs": "epochs", "steps": "min_steps", "epochs": "epochs",
-                  "batch_size": "batch_size", "cutmix": "cutmix"}
+                  "batch_size": "batch_size", "cutmix": "cutmix",
+                  "strong_augment": "strong_augment"}
         overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
         return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
                                    precision=self.exp.precision, compile=self.exp.compile)
@@ -379,7 +380,9 @@ class ExperimentRunner:
                       # the grid floors them); a step-budgeted set has none
                       "epochs": train.epochs if whole else self.exp.judge.epochs,
                       # only when on: a plain judge's record keeps the shape it always had
-                      **({"cutmix": train.cutmix} if train.cutmix else {})},
+                      **({"cutmix": train.cutmix} if train.cutmix else {}),
+                      **({"strong_augment": train.strong_augment}
+                         if self.exp.judge.strong_augment is not None else {})},
             "precision": self.exp.precision,
             "compute_dtype": self.compute_dtype(train),
             **({} if condenser is None
