@@ -194,11 +194,11 @@ class JudgeSpec:
         if self.cutmix is not None and not 0 < self.cutmix <= 1:
             raise FieldError("cutmix", f"must be a probability in (0, 1], got {self.cutmix!r}")
         if self.strong_augment is not None:
+            if not isinstance(self.strong_augment, str):
+                raise FieldError("strong_augment", f"must be a string, got "
+                                 f"{self.strong_augment!r}")
             try:
-                if not isinstance(self.strong_augment, str):
-                    raise ValueError(f"must be a string, got {self.strong_augment!r}")
-                if self.strong_augment != "none":
-                    DSAConfig(strategy=self.strong_augment)
+                DSAConfig(strategy=self.strong_augment)  # "none" is valid: no families
             except ValueError as err:
                 raise FieldError("strong_augment", str(err)) from None
 
