@@ -11,6 +11,7 @@ from hashcondense.augment import (
     DSAParams,
     apply_cutmix,
     apply_dsa,
+    composed_families,
     dsa,
     sample_cutmix,
     sample_dsa_params,
@@ -87,6 +88,29 @@ def test_mode_s_picks_one_family_and_covers_all() -> None:
     assert seen == set(FAMILIES)
     p = sample_dsa_params(DSAConfig(mode="M"), 2, generator=g, siamese=True, height=8, width=8)
     assert p.families == tuple(DSAConfig().strategy.split("_"))
+
+
+def test_mode_c_composes_as_idc_flip_colour_one_geometric_then_cutout() -> None:
+    """IDC's DiffAug: flip and colour on every call, one of the other families drawn per call,
+    cutout always last, whatever order the strategy string lists them in."""
+    seen = set()
+    g = _gen(0)
+    for strategy in ("color_crop_cutout_flip_scale_rotate", "rotate_cutout_scale_crop_flip_color"):
+        for _ in range(40):
+            p = sample_dsa_params(DSAConfig(strategy=strategy, mode="C"), 3, generator=g,
+                                  siamese=False, height=8, width=8)
+            assert p.families[:2] == ("flip", "color") and p.families[-1] == "cutout"
+            assert len(p.families) == 4 and p.families[2] in ("crop", "scale", "rotate")
+            assert p.flip is not None and p.brightness is not None and p.cutout is not None
+            seen.add(p.families[2])
+    assert seen == {"crop", "scale", "rotate"}
+    only_fixed = DSAConfig(strategy="cutout_color", mode="C")
+    assert sample_dsa_params(only_fixed, 1, generator=g, siamese=True, height=8,
+                             width=8).families == ("color", "cutout")
+    assert composed_families(("crop",), g) == ("crop",)
+    x = _batch(4)  # and the draw is applied: flip and colour change every image
+    assert not torch.allclose(dsa(x, DSAConfig(strategy="color_flip", mode="C"),
+                                  generator=_gen(3)), x)
 
 
 def test_flip_mirrors() -> None:

@@ -78,6 +78,11 @@ def test_parser_defaults_and_required_args(capsys):
     plain_view = build_parser().parse_args(["train", "--out", "x", "--strong-augment",
                                             "color_crop_flip_scale_rotate"])
     assert _train_config(plain_view, whole=False).strong_augment == "color_crop_flip_scale_rotate"
+    composed = build_parser().parse_args(["train", "--out", "x", "--strong-augment-mode", "C"])
+    assert _train_config(composed, whole=False).strong_augment_mode == "C"
+    assert _train_config(custom, whole=False).strong_augment_mode == "S"  # the recipe's
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", "x", "--strong-augment-mode", "X"])
     with pytest.raises(ValueError, match="DSA family 'blur'"):
         _train_config(build_parser().parse_args(["train", "--out", "x", "--strong-augment",
                                                  "color_blur"]), whole=False)

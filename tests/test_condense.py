@@ -241,6 +241,25 @@ def brute_force_herding(features: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
+def test_an_iterations_families_are_shared_by_every_class_in_modes_s_and_c():
+    """The iteration draws the families once (mode M from then on), so every class's own
+    parameters come under the same families; mode C draws its one geometric family there."""
+    from hashcondense.augment import DSAConfig
+    from hashcondense.condense.matching import iteration_dsa
+
+    for mode, sizes in (("S", {1}), ("C", {4})):
+        seen = set()
+        for seed in range(30):
+            fixed = iteration_dsa(DSAConfig(mode=mode), torch.Generator().manual_seed(seed))
+            assert fixed.mode == "M" and len(fixed.families) in sizes
+            seen.add(fixed.families)
+        assert len(seen) > 1  # drawn, not fixed
+    assert {f[2] for f in seen} == {"crop", "scale", "rotate"}
+    assert all(f[:2] == ("flip", "color") and f[3] == "cutout" for f in seen)
+    whole = DSAConfig(mode="M")
+    assert iteration_dsa(whole, torch.Generator().manual_seed(0)) == whole
+
+
 def test_herding_equals_brute_force_greedy():
     rng = np.random.default_rng(0)
     for _ in range(5):

@@ -244,6 +244,7 @@ def test_dhd_defaults():
         ({"cutmix": 1.5}, "cutmix"),
         ({"cutmix": -0.1}, "cutmix"),
         ({"cutmix_beta": 0.0}, "cutmix_beta"),
+        ({"strong_augment_mode": "idc"}, "mode"),
     ],
 )
 def test_train_config_validation(kwargs, match):
@@ -620,3 +621,33 @@ def test_resolve_device_cpu_only():
 def test_resolve_device_rejects_unknown_name_with_value_error():
     with pytest.raises(ValueError, match="bogus"):
         resolve_device("bogus")
+
+
+@pytest.mark.parametrize("mode", ["S", "C"])
+def test_the_strong_view_composes_its_families_in_the_configured_mode(mode):
+    """One step, weak view off: the recorded loss is the one recomputed by hand with the
+    strong view drawn in ``mode`` from the trainer's generator, replayed (S: one of colour and
+    flip; C: both, as IDC's evaluation)."""
+    from hashcondense.augment import DSAConfig, dsa
+
+    images, labels = _tiny(n=6, channels=1)
+    seed, method, strong = 7, DHD(), "color_flip"
+    cfg = TrainConfig(epochs=1, batch_size=6, weak_augment="none", strong_augment=strong,
+                      strong_augment_mode=mode, precision="fp32", device="cpu")
+    run = train_hashing_network(images, labels, method=method, bits=8, num_classes=3,
+                                config=cfg, seed=seed, progress=False)
+
+    def replayed(replay_mode: str) -> float:
+        g = torch.Generator().manual_seed(seed + 1_000_003)
+        order = torch.randperm(6, generator=g)
+        x, y = images[order], labels[order]
+        x_strong = dsa(x, DSAConfig(strategy=strong, mode=replay_mode), generator=g)
+        net = build_hashing_network(method, backbone="convnet3", bits=8, num_classes=3,
+                                    in_channels=1, resolution=8, seed=seed)
+        net.train()
+        codes = net(torch.cat([x, x_strong]))
+        return method.loss(HashBatch(codes[:6], codes[6:], y), net.head).item()
+
+    assert run.losses[0] == pytest.approx(replayed(mode), rel=1e-5)
+    other = "S" if mode == "C" else "C"
+    assert run.losses[0] != pytest.approx(replayed(other), rel=1e-5)  # so the test can fail

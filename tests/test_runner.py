@@ -552,6 +552,7 @@ def test_records_of_a_cutmix_judge_say_so_and_plain_ones_keep_their_shape(tmp_pa
     assert not any("cutmix" in r["judge"] for r in rows["plain"])
     assert {r["cell"] for r in rows["mixed"]}.isdisjoint(r["cell"] for r in rows["plain"])
     assert not any("strong_augment" in r["judge"] for r in rows["plain"])
+    assert not any("strong_augment_mode" in r["judge"] for r in rows["plain"])
 
 
 def test_judge_strong_augment_reaches_both_kinds_of_set_the_cell_and_the_record(tmp_path):
@@ -584,6 +585,37 @@ def test_judge_strong_augment_reaches_both_kinds_of_set_the_cell_and_the_record(
                                      f"judge: {{recipe: smoke, strong_augment: {bad}}}"))
         with pytest.raises(ValueError, match="judge.strong_augment"):
             load_experiment(path, "smoke")
+
+
+def test_judge_strong_augment_mode_reaches_the_trainer_the_cell_and_the_record(tmp_path):
+    """IDC composes its evaluation's families (flip and colour always, one of the rest): the
+    mode is a judge option like the families, absent from cells and records unless set."""
+    from hashcondense.experiments.runner import ExperimentRunner
+
+    path = tmp_path / "mode.yaml"
+    path.write_text(TINY.replace("judge: {recipe: smoke}",
+                                 "judge: {recipe: smoke, strong_augment_mode: C}"))
+    exp = load_experiment(path, "smoke")
+    runner = ExperimentRunner(exp, tmp_path / "out", progress=False)
+    assert runner.train_config(whole=False).strong_augment_mode == "C"
+    assert runner.train_config(whole=True).strong_augment_mode == "C"
+    default = dataclasses.replace(exp, judge=dataclasses.replace(exp.judge,
+                                                                 strong_augment_mode=None))
+    assert ExperimentRunner(default, tmp_path / "out", progress=False).train_config(
+        whole=False).strong_augment_mode == "S"  # so the test can fail
+    keys = {c.key for c, _ in plan(exp, tmp_path / "out")}
+    assert keys.isdisjoint(c.key for c, _ in plan(default, tmp_path / "out"))
+    one = dataclasses.replace(exp, condensers=exp.condensers[:1], datasets=(
+        dataclasses.replace(exp.datasets[0], ipcs=exp.datasets[0].ipcs[:1]),), bits=(16,))
+    run_experiment(one, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert rows and not any(record_problems(r) for r in rows)
+    assert {r["judge"]["strong_augment_mode"] for r in rows} == {"C"}
+    assert not any("strong_augment" in r["judge"] for r in rows)  # the families were not set
+    path.write_text(TINY.replace("judge: {recipe: smoke}",
+                                 "judge: {recipe: smoke, strong_augment_mode: idc}"))
+    with pytest.raises(ValueError, match="judge.strong_augment_mode"):
+        load_experiment(path, "smoke")
 
 
 def test_a_budget_has_one_identity_however_it_is_written(tmp_path):

@@ -21,8 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .settings import DSA_MODES
+
 __all__ = [
     "FAMILIES",
+    "composed_families",
     "DSAConfig",
     "DSAParams",
     "sample_dsa_params",
@@ -38,6 +41,7 @@ __all__ = [
 #: contrast applied in that order, as in the reference).
 FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
 _NO_AUG = ("", "none")
+_ALWAYS_FIRST = ("flip", "color")  # mode C: IDC applies these to every image, in this order
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class DSAConfig:
     """Which families to use and how strong; defaults follow the reference ParamDiffAug."""
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
-    mode: str = "S"  # "S": one family per call, "M": every family in sequence
+    # "S": one family per call; "M": every family in sequence; "C": composed as IDC's DiffAug
+    # (flip and colour always, then one of the other families per call, cutout always last)
+    mode: str = "S"
     prob_flip: float = 0.5
     ratio_scale: float = 1.2
     ratio_rotate: float = 15.0  # degrees
@@ -56,8 +62,9 @@ class DSAConfig:
     contrast: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.mode not in ("S", "M"):
-            raise ValueError(f"DSA mode must be 'S' or 'M', got {self.mode!r}")
+        if self.mode not in DSA_MODES:
+            raise ValueError(f"DSA mode must be one of {', '.join(DSA_MODES)}, got "
+                             f"{self.mode!r}")
         for fam in self.families:
             if fam not in FAMILIES:
                 raise ValueError(
@@ -154,6 +161,17 @@ def concat_params(parts: Sequence[DSAParams]) -> DSAParams:
                      **kw)
 
 
+def composed_families(fams: tuple[str, ...], g: torch.Generator) -> tuple[str, ...]:
+    """IDC's composition: flip, colour, one of the rest (drawn per call), cutout last."""
+    rest = [f for f in fams if f not in (*_ALWAYS_FIRST, "cutout")]
+    chosen: tuple[str, ...] = ()
+    if rest:
+        pick = int(torch.randint(len(rest), (1,), generator=g, device=g.device).item())
+        chosen = (rest[pick],)
+    return (*(f for f in _ALWAYS_FIRST if f in fams), *chosen,
+            *(("cutout",) if "cutout" in fams else ()))
+
+
 def _rand(n: int, gen: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.rand(n, *shape, generator=gen, device=gen.device)
 
@@ -188,6 +206,8 @@ def sample_dsa_params(
     if config.mode == "S" and fams:
         pick = int(torch.randint(len(fams), (1,), generator=g, device=g.device).item())
         fams = (fams[pick],)
+    elif config.mode == "C":
+        fams = composed_families(fams, g)
 
     kw: dict[str, object] = {}
     for fam in fams:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .serve.cli import add_search_commands
-from .settings import COMPILES, PRECISIONS, PROFILES
+from .settings import COMPILES, DSA_MODES, PRECISIONS, PROFILES
 
 TRAIN_DEFAULTS_HELP = ("defaults: the --profile's judge recipe (recipes.py), the one the README's "
                       "tables use; these flags override single values")
@@ -80,6 +80,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strong-augment", default=None, metavar="FAMILIES",
                    help="DSA families of the second view, e.g. color_crop_flip_scale_rotate "
                         "(IDC drops cutout under CutMix); default the recipe's")
+    g.add_argument("--strong-augment-mode", choices=DSA_MODES, default=None,
+                   help="how the second view composes its families: S one a batch, C as "
+                        "IDC's evaluation (flip and colour always, one of the rest, cutout "
+                        "last); default the recipe's")
     g.add_argument("--precision", choices=PRECISIONS, default=None)
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--compile", choices=COMPILES, default=None, help=COMPILE_HELP)
@@ -96,7 +100,7 @@ def _train_config(args: argparse.Namespace, *, whole: bool):
     overrides = {
         k: getattr(args, k)
         for k in ("epochs", "min_steps", "batch_size", "optimizer", "lr", "cutmix",
-                  "strong_augment", "precision", "device", "compile")
+                  "strong_augment", "strong_augment_mode", "precision", "device", "compile")
         if getattr(args, k) is not None
     }
     return dataclasses.replace(training_recipe(profile, whole=whole), **overrides)

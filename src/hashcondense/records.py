@@ -51,7 +51,7 @@ RESULT_FIELDS: tuple[Field, ...] = (
     Field("metric", (str,), "`mAP@1000`, `mAP@all`, `mAP@all_tie_aware`, `P@H<=2`, `accuracy`"),
     Field("value", _NUM, "the metric's value, a fraction in [0, 1]"),
     Field("judge", (dict,), "the judge's training: recipe, steps trained, batch_size, epochs "
-          "(and cutmix, strong_augment where set)"),
+          "(and cutmix, strong_augment, strong_augment_mode where set)"),
     Field("budget", (dict, type(None)), "condensation budget: iterations, seconds, snapshots "
           "(null for coresets and the whole split)"),
     Field("condense_seconds", _NUM, "wall time of the condensation"),

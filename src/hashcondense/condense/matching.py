@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from ..augment import DSAConfig, apply_dsa, concat_params, sample_dsa_params
+from ..augment import DSAConfig, apply_dsa, composed_families, concat_params, sample_dsa_params
 from ..data import LabeledImages
 from ..models import build_backbone
 from ..normalization import Normalization
@@ -195,8 +195,12 @@ def initial_class_images(train: LabeledImages, c: int, ipc: int, factor: int,
 
 def iteration_dsa(config: DSAConfig, generator: torch.Generator) -> DSAConfig:
     """The families applied at one iteration: in mode "S" one family, drawn from the
-    iteration's shared stream, for every class (each class then draws its own parameters)."""
+    iteration's shared stream, for every class (each class then draws its own parameters);
+    in mode "C" likewise the one family composed between colour and cutout."""
     families = config.families
+    if config.mode == "C":
+        return replace(config, strategy="_".join(composed_families(families, generator)),
+                       mode="M")
     if config.mode != "S" or len(families) <= 1:
         return config
     pick = int(torch.randint(len(families), (1,), generator=generator).item())

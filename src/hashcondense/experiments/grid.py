@@ -57,7 +57,7 @@ from ..augment import DSAConfig
 from ..condense import CONDENSERS, Budget, Condenser, build_condenser
 from ..hashing import HASH_METHODS
 from ..recipes import RECIPES
-from ..settings import COMPILES, PRECISIONS, PROFILES, TASKS
+from ..settings import COMPILES, DSA_MODES, PRECISIONS, PROFILES, TASKS
 
 PROTOCOLS = ("test", "validation")  # what a grid's cells are judged on
 # the split a ``protocol: validation`` grid judges on (RetrievalSplit.validation's arguments)
@@ -187,6 +187,9 @@ class JudgeSpec:
     # the DSA families of the second (strong) view; IDC drops cutout while CutMix is on
     # (color_crop_flip_scale_rotate); None keeps the recipe's. Both kinds of set
     strong_augment: str | None = None
+    # how the second view composes them: "S" one family a batch (the recipe's); "C" IDC's
+    # evaluation (flip and colour always, one of crop/scale/rotate, cutout last). Both kinds
+    strong_augment_mode: str | None = None
 
     def __post_init__(self) -> None:
         _choice(self.recipe, "recipe", tuple(RECIPES))
@@ -201,11 +204,13 @@ class JudgeSpec:
                 DSAConfig(strategy=self.strong_augment)  # "none" is valid: no families
             except ValueError as err:
                 raise FieldError("strong_augment", str(err)) from None
+        if self.strong_augment_mode is not None:
+            _choice(self.strong_augment_mode, "strong_augment_mode", DSA_MODES)
 
     def overrides(self, *, whole: bool) -> dict[str, float | str]:
         """The overrides that apply to a whole-split judge or to a condensed set's."""
-        names = ("whole_epochs", "batch_size", "cutmix", "strong_augment") if whole else (
-            "steps", "epochs", "batch_size", "cutmix", "strong_augment")
+        shared = ("batch_size", "cutmix", "strong_augment", "strong_augment_mode")
+        names = ("whole_epochs", *shared) if whole else ("steps", "epochs", *shared)
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -198,7 +198,8 @@ class ExperimentRunner:
         judge = self.exp.judge
         fields = {"whole_epochs": "epochs", "steps": "min_steps", "epochs": "epochs",
                   "batch_size": "batch_size", "cutmix": "cutmix",
-                  "strong_augment": "strong_augment"}
+                  "strong_augment": "strong_augment",
+                  "strong_augment_mode": "strong_augment_mode"}
         overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
         return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
                                    precision=self.exp.precision, compile=self.exp.compile)
@@ -382,7 +383,9 @@ class ExperimentRunner:
                       # only when on: a plain judge's record keeps the shape it always had
                       **({"cutmix": train.cutmix} if train.cutmix else {}),
                       **({"strong_augment": train.strong_augment}
-                         if self.exp.judge.strong_augment is not None else {})},
+                         if self.exp.judge.strong_augment is not None else {}),
+                      **({"strong_augment_mode": train.strong_augment_mode}
+                         if self.exp.judge.strong_augment_mode is not None else {})},
             "precision": self.exp.precision,
             "compute_dtype": self.compute_dtype(train),
             **({} if condenser is None

@@ -57,6 +57,9 @@ class TrainConfig:
     schedule: str = "cosine"
     weak_augment: str = "crop_flip"
     strong_augment: str = "color_crop_cutout_flip_scale_rotate"
+    # how the strong view composes its families: "S" one per batch; "C" IDC's evaluation
+    # (flip and colour on every image, then one of crop/scale/rotate, cutout last)
+    strong_augment_mode: str = "S"
     # CutMix on this share of batches, after the views' augmentation (IDC's evaluation of
     # multi-formation sets: p 0.5, beta 1); 0 = off
     cutmix: float = 0.0
@@ -83,9 +86,10 @@ class TrainConfig:
             raise ValueError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not self.cutmix_beta > 0:
             raise ValueError(f"cutmix_beta must be positive, got {self.cutmix_beta}")
-        for aug in (self.weak_augment, self.strong_augment):
+        for aug, mode in ((self.weak_augment, "M"),
+                          (self.strong_augment, self.strong_augment_mode)):
             if aug != "none":
-                DSAConfig(strategy=aug)  # validates the family names early
+                DSAConfig(strategy=aug, mode=mode)  # validates family names and mode early
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,7 +190,7 @@ def train_hashing_network(
     forward = CompiledModule(model, resolve_compile(config.compile, device))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     weak = _augmenter(config.weak_augment, "M")
-    strong = _augmenter(config.strong_augment, "S")
+    strong = _augmenter(config.strong_augment, config.strong_augment_mode)
     generator = torch.Generator(device=device).manual_seed(seed + 1_000_003)
 
     n = images.shape[0]
