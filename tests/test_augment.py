@@ -108,9 +108,19 @@ def test_mode_c_composes_as_idc_flip_colour_one_geometric_then_cutout() -> None:
     assert sample_dsa_params(only_fixed, 1, generator=g, siamese=True, height=8,
                              width=8).families == ("color", "cutout")
     assert composed_families(("crop",), g) == ("crop",)
-    x = _batch(4)  # and the draw is applied: flip and colour change every image
-    assert not torch.allclose(dsa(x, DSAConfig(strategy="color_flip", mode="C"),
-                                  generator=_gen(3)), x)
+    for _ in range(10):
+        assert sample_dsa_params(DSAConfig(strategy="crop_scale", mode="C"), 1, generator=g,
+                                 siamese=True, height=8, width=8).families in (("crop",),
+                                                                               ("scale",))
+    assert sample_dsa_params(DSAConfig(strategy="none", mode="C"), 1, generator=g,
+                             siamese=True, height=8, width=8).families == ()
+    x = _batch(4)  # the draw is applied as drawn: every image flipped, then its colour draw
+    p = sample_dsa_params(DSAConfig(strategy="color_flip", mode="C", prob_flip=1.0), 4,
+                          generator=_gen(3), siamese=False, height=16, width=16)
+    colour_only = DSAParams(families=("color",), n=4, siamese=False, height=16, width=16,
+                            brightness=p.brightness, saturation=p.saturation,
+                            contrast=p.contrast)
+    torch.testing.assert_close(apply_dsa(x, p), apply_dsa(x.flip(3), colour_only))
 
 
 def test_flip_mirrors() -> None:

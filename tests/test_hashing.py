@@ -244,7 +244,8 @@ def test_dhd_defaults():
         ({"cutmix": 1.5}, "cutmix"),
         ({"cutmix": -0.1}, "cutmix"),
         ({"cutmix_beta": 0.0}, "cutmix_beta"),
-        ({"strong_augment_mode": "idc"}, "mode"),
+        ({"strong_augment_mode": "idc"}, "strong_augment_mode"),
+        ({"strong_augment": "none", "strong_augment_mode": "X"}, "strong_augment_mode"),
     ],
 )
 def test_train_config_validation(kwargs, match):

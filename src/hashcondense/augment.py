@@ -97,7 +97,8 @@ class DSAConfig:
 class DSAParams:
     """One parameter draw. Tensors have a leading dim of ``n`` (``n == 1`` when siamese).
 
-    ``families`` is the ordered tuple of families to apply (one entry in mode S). Fields of
+    ``families`` is the ordered tuple of families to apply (one entry in mode S;
+    flip, colour, one drawn family, cutout in mode C). Fields of
     families that were not chosen are ``None``. ``height``/``width`` are the image size the
     pixel-valued parameters (crop shift, cutout box) were drawn for.
     """

@@ -83,7 +83,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strong-augment-mode", choices=DSA_MODES, default=None,
                    help="how the second view composes its families: S one a batch, C as "
                         "IDC's evaluation (flip and colour always, one of the rest, cutout "
-                        "last); default the recipe's")
+                        "last), M all in turn; default the recipe's")
     g.add_argument("--precision", choices=PRECISIONS, default=None)
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--compile", choices=COMPILES, default=None, help=COMPILE_HELP)

@@ -9,10 +9,10 @@ images), expanded to per-sample parameters with ``DSAParams.take``.
 Random streams (``streams.py``): the network of iteration t and its weight perturbation come
 from (seed, t) (with ``trained_networks``: the queue member drawn from (seed, t), trained
 between updates from the (seed, t, step) streams, its weights carried in checkpoints; see
-``networks.py``); the augmentation
-family of mode "S" from (seed, t) as well (one family per iteration for all classes; the DM
-reference draws one per class); each class's initial images from (seed, class) and its real
-batch (drawn without replacement) and DSA parameters from (seed, class, t). A rank that owns
+``networks.py``); the augmentation family of mode "S" (mode "C": its one drawn family) from
+(seed, t) as well (one family per iteration for all classes; the DM reference draws one per
+class); each class's initial images from (seed, class) and its real batch (drawn without
+replacement) and DSA parameters from (seed, class, t). A rank that owns
 any subset of the classes therefore computes what one process computes for them. Version 2 of
 the loop (``ALGORITHM_VERSION``); version 1 drew everything from one generator in class order,
 so its numbers differ.
@@ -196,7 +196,7 @@ def initial_class_images(train: LabeledImages, c: int, ipc: int, factor: int,
 def iteration_dsa(config: DSAConfig, generator: torch.Generator) -> DSAConfig:
     """The families applied at one iteration: in mode "S" one family, drawn from the
     iteration's shared stream, for every class (each class then draws its own parameters);
-    in mode "C" likewise the one family composed between colour and cutout."""
+    in mode "C" likewise the one family drawn to go after flip and colour, before cutout."""
     families = config.families
     if config.mode == "C":
         return replace(config, strategy="_".join(composed_families(families, generator)),

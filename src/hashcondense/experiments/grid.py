@@ -188,7 +188,8 @@ class JudgeSpec:
     # (color_crop_flip_scale_rotate); None keeps the recipe's. Both kinds of set
     strong_augment: str | None = None
     # how the second view composes them: "S" one family a batch (the recipe's); "C" IDC's
-    # evaluation (flip and colour always, one of crop/scale/rotate, cutout last). Both kinds
+    # evaluation (flip and colour always, one of the other families, cutout last); "M" all
+    # in turn. Both kinds of set; setting it at all (even to "S") makes new cells
     strong_augment_mode: str | None = None
 
     def __post_init__(self) -> None:

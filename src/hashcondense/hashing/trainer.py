@@ -29,7 +29,7 @@ from ..runtime import (
     resolve_device,
     resolve_precision,
 )
-from ..settings import COMPILES
+from ..settings import COMPILES, DSA_MODES
 from .base import HashBatch, HashMethod
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class TrainConfig:
     weak_augment: str = "crop_flip"
     strong_augment: str = "color_crop_cutout_flip_scale_rotate"
     # how the strong view composes its families: "S" one per batch; "C" IDC's evaluation
-    # (flip and colour on every image, then one of crop/scale/rotate, cutout last)
+    # (flip and colour on every image, then one of the other listed families, crop/scale/rotate
+    # by default, cutout last); "M" all in turn
     strong_augment_mode: str = "S"
     # CutMix on this share of batches, after the views' augmentation (IDC's evaluation of
     # multi-formation sets: p 0.5, beta 1); 0 = off
@@ -86,10 +87,12 @@ class TrainConfig:
             raise ValueError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not self.cutmix_beta > 0:
             raise ValueError(f"cutmix_beta must be positive, got {self.cutmix_beta}")
-        for aug, mode in ((self.weak_augment, "M"),
-                          (self.strong_augment, self.strong_augment_mode)):
+        if self.strong_augment_mode not in DSA_MODES:
+            raise ValueError(f"strong_augment_mode must be one of {', '.join(DSA_MODES)}, got "
+                             f"{self.strong_augment_mode!r}")
+        for aug in (self.weak_augment, self.strong_augment):
             if aug != "none":
-                DSAConfig(strategy=aug, mode=mode)  # validates family names and mode early
+                DSAConfig(strategy=aug)  # validates the family names early
 
     def to_dict(self) -> dict:
         return asdict(self)
