@@ -555,6 +555,16 @@ def test_records_of_a_cutmix_judge_say_so_and_plain_ones_keep_their_shape(tmp_pa
     assert not any("strong_augment_mode" in r["judge"] for r in rows["plain"])
 
 
+def _records_of_one_cell(exp, out):
+    """Run ``exp`` cut to its first condenser, first ipc and 16 bits; its valid records."""
+    one = dataclasses.replace(exp, condensers=exp.condensers[:1], datasets=(
+        dataclasses.replace(exp.datasets[0], ipcs=exp.datasets[0].ipcs[:1]),), bits=(16,))
+    run_experiment(one, out, progress=False)
+    rows = read_jsonl(out / "results.jsonl")
+    assert rows and not any(record_problems(r) for r in rows)
+    return rows
+
+
 def test_judge_strong_augment_reaches_both_kinds_of_set_the_cell_and_the_record(tmp_path):
     """IDC's evaluation drops cutout while CutMix is on: a judge option, so it must reach the
     trainer, make new cells (a different judge), say so in the record and reject typos."""
@@ -574,11 +584,7 @@ def test_judge_strong_augment_reaches_both_kinds_of_set_the_cell_and_the_record(
                                                                      strong_augment=None))
     keys = {c.key for c, _ in plan(exp, tmp_path / "out")}
     assert keys.isdisjoint(c.key for c, _ in plan(cutmix_only, tmp_path / "out"))
-    one = dataclasses.replace(exp, condensers=exp.condensers[:1], datasets=(
-        dataclasses.replace(exp.datasets[0], ipcs=exp.datasets[0].ipcs[:1]),), bits=(16,))
-    run_experiment(one, tmp_path / "run", progress=False)
-    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
-    assert rows and not any(record_problems(r) for r in rows)
+    rows = _records_of_one_cell(exp, tmp_path / "run")
     assert {r["judge"]["strong_augment"] for r in rows} == {view}
     for bad in ("color_blur", "3"):
         path.write_text(TINY.replace("judge: {recipe: smoke}",
@@ -605,11 +611,7 @@ def test_judge_strong_augment_mode_reaches_the_trainer_the_cell_and_the_record(t
         whole=False).strong_augment_mode == "S"  # so the test can fail
     keys = {c.key for c, _ in plan(exp, tmp_path / "out")}
     assert keys.isdisjoint(c.key for c, _ in plan(default, tmp_path / "out"))
-    one = dataclasses.replace(exp, condensers=exp.condensers[:1], datasets=(
-        dataclasses.replace(exp.datasets[0], ipcs=exp.datasets[0].ipcs[:1]),), bits=(16,))
-    run_experiment(one, tmp_path / "run", progress=False)
-    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
-    assert rows and not any(record_problems(r) for r in rows)
+    rows = _records_of_one_cell(exp, tmp_path / "run")
     assert {r["judge"]["strong_augment_mode"] for r in rows} == {"C"}
     assert not any("strong_augment" in r["judge"] for r in rows)  # the families were not set
     path.write_text(TINY.replace("judge: {recipe: smoke}",
