@@ -185,21 +185,31 @@ def test_grids_that_reuse_table1_sets_ask_for_the_same_condensation(other):
 
 
 def test_judge_cutmix_judges_iem_loops_cached_set():
-    """Both variants must ask for iem_loop's `iem` set, or the CutMix comparison condenses a
-    set of its own and its plain arm no longer repeats iem_loop's 38.51 judge."""
-    from hashcondense.experiments.grid import load_experiments
+    """Every variant must ask for iem_loop's `iem` set, or the CutMix comparison condenses a
+    set of its own and its plain arm no longer repeats iem_loop's 38.51 judge; and each
+    variant's judge differs from the paper recipe's in what its name says, and only that."""
+    from hashcondense.experiments.grid import JudgeSpec, load_experiments
 
     configs = REPO / "benchmarks" / "configs"
     loop = next(e for e in load_experiments(configs / "iem_loop.yaml", "cpu"))
     iem = next(c for c in loop.condensers if c.label == "iem")
-    for exp in load_experiments(configs / "judge_cutmix.yaml", "cpu"):
+    no_cutout = "color_crop_flip_scale_rotate"
+    judges = {
+        "plain": {},
+        "cutmix": {"cutmix": 0.5},
+        "cutmix_no_cutout": {"cutmix": 0.5, "strong_augment": no_cutout},
+        "cutmix_idc_augment": {"cutmix": 0.5, "strong_augment": no_cutout,
+                               "strong_augment_mode": "C"},
+        "cutmix_batch64": {"cutmix": 0.5, "batch_size": 64, "steps": 8000},
+        "cutmix_batch64_short": {"cutmix": 0.5, "batch_size": 64, "epochs": 125},
+    }
+    exps = load_experiments(configs / "judge_cutmix.yaml", "cpu")
+    assert {exp.variant for exp in exps} == set(judges)
+    for exp in exps:
         assert exp.condensers == (iem,) and exp.budget_for("iem") == loop.budget_for("iem")
         assert (exp.datasets, exp.protocol, exp.precision, exp.compile, exp.split_seed) == (
             loop.datasets, loop.protocol, loop.precision, loop.compile, loop.split_seed)
-        assert exp.judge.recipe == loop.judge.recipe
-        assert exp.judge.cutmix == (None if exp.variant == "plain" else 0.5)
-        assert exp.judge.strong_augment == (
-            "color_crop_flip_scale_rotate" if exp.variant == "cutmix_no_cutout" else None)
+        assert exp.judge == JudgeSpec(recipe=loop.judge.recipe, **judges[exp.variant])
 
 
 def test_cells_run_seed_by_seed_and_the_whole_set_last_once_per_dataset():
