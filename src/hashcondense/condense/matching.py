@@ -12,10 +12,10 @@ between updates from the (seed, t, step) streams, its weights carried in checkpo
 ``networks.py``); the augmentation family of mode "S" (mode "C": its one drawn family) from
 (seed, t) as well (one family per iteration for all classes; the DM reference draws one per
 class); each class's initial images from (seed, class) and its real batch (drawn without
-replacement) and DSA parameters from (seed, class, t). A rank that owns
-any subset of the classes therefore computes what one process computes for them. Version 2 of
-the loop (``ALGORITHM_VERSION``); version 1 drew everything from one generator in class order,
-so its numbers differ.
+replacement) and DSA parameters from (seed, class, t). A rank that owns any subset of the
+classes therefore computes what one process computes for them. Version 2 of the loop
+(``ALGORITHM_VERSION``); version 1 drew everything from one generator in class order, so its
+numbers differ.
 """
 
 from __future__ import annotations

@@ -196,11 +196,8 @@ class ExperimentRunner:
     def train_config(self, whole: bool) -> TrainConfig:
         """The recipe with the judge's overrides — the same ones its cell identity hashes."""
         judge = self.exp.judge
-        fields = {"whole_epochs": "epochs", "steps": "min_steps", "epochs": "epochs",
-                  "batch_size": "batch_size", "cutmix": "cutmix",
-                  "strong_augment": "strong_augment",
-                  "strong_augment_mode": "strong_augment_mode"}
-        overrides = {fields[k]: v for k, v in judge.overrides(whole=whole).items()}
+        renamed = {"whole_epochs": "epochs", "steps": "min_steps"}  # the rest keep their names
+        overrides = {renamed.get(k, k): v for k, v in judge.overrides(whole=whole).items()}
         return dataclasses.replace(training_recipe(judge.recipe, whole=whole), **overrides,
                                    precision=self.exp.precision, compile=self.exp.compile)
 
@@ -382,10 +379,8 @@ class ExperimentRunner:
                       "epochs": train.epochs if whole else self.exp.judge.epochs,
                       # only when on: a plain judge's record keeps the shape it always had
                       **({"cutmix": train.cutmix} if train.cutmix else {}),
-                      **({"strong_augment": train.strong_augment}
-                         if self.exp.judge.strong_augment is not None else {}),
-                      **({"strong_augment_mode": train.strong_augment_mode}
-                         if self.exp.judge.strong_augment_mode is not None else {})},
+                      **{k: getattr(train, k) for k in ("strong_augment", "strong_augment_mode")
+                         if getattr(self.exp.judge, k) is not None}},
             "precision": self.exp.precision,
             "compute_dtype": self.compute_dtype(train),
             **({} if condenser is None
