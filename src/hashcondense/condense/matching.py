@@ -85,6 +85,30 @@ def class_covariance_losses(real: torch.Tensor, real_groups: torch.Tensor, syn: 
     return torch.stack(losses)
 
 
+def spatial_attention(maps: torch.Tensor, power: float) -> torch.Tensor:
+    """DataDAM's spatial attention of activation maps (N, C, H, W): Σ_c |a_c|^p over channels,
+    flattened to (N, H·W) and L2-normalised per image, in fp32."""
+    attention = maps.float().abs().pow(power).sum(1).flatten(1)
+    return nn.functional.normalize(attention, dim=1)
+
+
+class AttentionEmbedding(nn.Module):
+    """A backbone's embedding with the spatial attention of its intermediate maps appended as
+    columns, (N, D + Σ H·W): one tensor, so the chunked, compiled forward and ``class_means``
+    serve both, and the class means of the extra columns are DataDAM's attention means. Shares
+    the backbone's parameters (re-initialisation and perturbation act on both)."""
+
+    def __init__(self, backbone: nn.Module, power: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.power = power
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features, maps = self.backbone.embed_with_maps(x)
+        return torch.cat([features.float(), *(spatial_attention(m, self.power) for m in maps)],
+                         dim=1)
+
+
 def distribution_matching_loss(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
     """Σ_c ‖mean f(real_c) − mean f(syn_c)‖² (IEM Eq. 7): the linear-kernel MMD summed over
     classes. real_means, syn_means: (C, D); the real side carries no gradient."""
@@ -113,6 +137,11 @@ class MatchingConfig:
     trained_networks: TrainedNetworks | None = None
     # IID's second-order term: + weight · Σ_c ‖Σ_real_c − Σ_syn_c‖²_F (0: DM's loss as published)
     covariance_weight: float = 0.0
+    # DataDAM's term: + weight · Σ_c Σ_layers ‖mean att(real_c) − mean att(syn_c)‖², where att is
+    # the L2-normalised Σ_ch |map|^power of every intermediate block (DataDAM weighs it 100× its
+    # embedding term, with power 1)
+    attention_weight: float = 0.0
+    attention_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILES:
@@ -128,6 +157,12 @@ class MatchingConfig:
         if not 0 <= self.covariance_weight < float("inf"):
             raise ValueError(f"covariance_weight must be finite and >= 0, got "
                              f"{self.covariance_weight}")
+        if not 0 <= self.attention_weight < float("inf"):
+            raise ValueError(f"attention_weight must be finite and >= 0, got "
+                             f"{self.attention_weight}")
+        if not 0 < self.attention_power < float("inf"):
+            raise ValueError(f"attention_power must be finite and > 0, got "
+                             f"{self.attention_power}")
         if self.class_batch is not None and self.class_batch < 1:
             raise ValueError(f"class_batch must be >= 1 or None, got {self.class_batch}")
 
@@ -253,7 +288,10 @@ def match_distributions(
     optimizer = torch.optim.SGD([stored], lr=config.lr, momentum=config.momentum)
     net = fresh_network(config.backbone, in_channels=train.channels, resolution=res,
                         seed=seed).to(device).requires_grad_(False)
-    embed = CompiledModule(net, resolve_compile(config.compile, device))
+    dim = net.feature_dim  # the embedding's columns; attention columns follow with its term
+    embed = CompiledModule(AttentionEmbedding(net, config.attention_power)
+                           if config.attention_weight else net,
+                           resolve_compile(config.compile, device))
 
     def initialise(target: nn.Module, joined: int) -> None:
         """The fresh network of update ``joined`` (a trained network's start, too)."""
@@ -301,10 +339,14 @@ def match_distributions(
         with autocast(device, amp):
             syn_features = embed(x_syn).float()
         syn_means = class_means(syn_features, syn_groups, len(group))
-        per_class = class_matching_losses(real_means, syn_means)
+        per_class = class_matching_losses(real_means[:, :dim], syn_means[:, :dim])
+        if config.attention_weight:
+            per_class = per_class + config.attention_weight * class_matching_losses(
+                real_means[:, dim:], syn_means[:, dim:])
         if config.covariance_weight:
             per_class = per_class + config.covariance_weight * class_covariance_losses(
-                real_features, real_groups, syn_features, syn_groups, len(group))
+                real_features[:, :dim], real_groups, syn_features[:, :dim], syn_groups,
+                len(group))
         per_class.sum().backward()  # a class's gradient comes from its own term only
         return per_class.detach()
 
@@ -342,6 +384,8 @@ def match_distributions(
                       "dsa": config.dsa.strategy if config.dsa else "none",
                       "classes_per_pass": min(width, num_classes),
                       "covariance_weight": config.covariance_weight,
+                      "attention_weight": config.attention_weight,
+                      "attention_power": config.attention_power,
                       "trained_networks": (None if config.trained_networks is None
                                            else asdict(config.trained_networks)),
                       "algorithm_version": ALGORITHM_VERSION,

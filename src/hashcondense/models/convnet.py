@@ -42,5 +42,15 @@ class ConvNet(nn.Module):
         """(N, C, R, R) images → (N, feature_dim) features."""
         return self.features(x).flatten(1)
 
+    def embed_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``embed(x)`` and the activation maps after every ReLU but the last (DataDAM's
+        intermediate layers: at 32 px, (width, 32, 32) and (width, 16, 16))."""
+        maps = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                maps.append(x)
+        return x.flatten(1), maps[:-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)

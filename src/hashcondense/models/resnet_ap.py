@@ -67,5 +67,14 @@ class ResNetAP10(nn.Module):
         """(N, C, R, R) images → (N, 512) globally average-pooled features."""
         return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
+    def embed_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``embed(x)`` and the stem's and every stage's output map but the last stage's."""
+        x = self.stem(x)
+        maps = [x]
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return x.mean(dim=(2, 3)), maps[:-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)
