@@ -162,6 +162,14 @@ def test_train_bad_device_is_one_line_error(tmp_path, capsys):
     assert "bogus" in _one_line_error(capsys, "train")
 
 
+def test_train_bad_checkpoint_interval_is_one_line_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--checkpoint-every", "5x",
+                 "--out", str(out)]) == 2
+    assert "'5x'" in _one_line_error(capsys, "train")
+    assert not out.exists()
+
+
 def test_evaluate_missing_model(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     assert main(["evaluate", "--model", str(missing)]) == 2

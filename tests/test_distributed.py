@@ -350,6 +350,51 @@ def test_the_runner_resumes_a_half_done_condensation(tmp_path, monkeypatch):
     assert {r["algorithm_version"] for r in rows} == {2}
 
 
+def test_the_runner_resumes_a_half_done_judge(tmp_path, monkeypatch):
+    """A grid killed mid-judge (after a training checkpoint) resumes that judge's training
+    and records what an uninterrupted grid records; the checkpoints go once the cell is in."""
+    from hashcondense.experiments import load_experiment
+    from hashcondense.experiments.runner import ExperimentRunner
+    from hashcondense.hashing import training_state
+    from hashcondense.records import read_jsonl
+
+    exp = load_experiment(grid(tmp_path), "smoke")
+    exp = type(exp)(**{**exp.__dict__, "condensers": exp.condensers[:1], "bits": (16,),
+                       "datasets": (type(exp.datasets[0])("digits", (2,), 8),)})
+    save, saves, resumed = training_state.save, [], []
+
+    def killed_after_two(*args, **kwargs):
+        path = save(*args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # as if killed right after the second checkpoint
+        return path
+
+    monkeypatch.setattr(training_state, "save", killed_after_two)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        ExperimentRunner(exp, crashed, progress=False, checkpoint_every="1").run()
+    assert read_jsonl(crashed / "results.jsonl") == []
+    [folder] = (crashed / "synthetic").glob("*/judges/*")
+    assert [p.name for p in folder.glob("*.json")] == ["train-00000002.json"]
+    latest = training_state.latest
+
+    def spy(directory, run):
+        found = latest(directory, run)
+        resumed.append(None if found is None else found[0].epoch)
+        return found
+
+    monkeypatch.setattr(training_state, "save", save)
+    monkeypatch.setattr(training_state, "latest", spy)
+    ExperimentRunner(exp, crashed, progress=False, checkpoint_every="1").run()
+    assert resumed == [2] and not folder.exists()
+    ExperimentRunner(exp, tmp_path / "clean", progress=False).run()
+    timing = {"train_seconds", "encode_seconds", "condense_seconds", "finished_at", "run_id"}
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(d)]
+            for d in (crashed / "results.jsonl", tmp_path / "clean" / "results.jsonl")]
+    assert rows[0] == rows[1] and len(rows[0]) >= 1
+
+
 def test_a_new_loop_version_rekeys_dm_and_iem_only(tmp_path, monkeypatch):
     from hashcondense.condense.iem import IEM
     from hashcondense.experiments import load_experiment

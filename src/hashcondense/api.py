@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .condense import Budget, Execution, build_condenser, check_ipc, with_runtime
+from .condense.driver import DEFAULT_RESUME_EVERY_S, parse_every
 from .condense.random import sample_per_class
 from .data import ProtocolSpec, RetrievalSplit, make_split, resolve_protocol
 from .evaluation import JudgeConfig, evaluate_model, judge
-from .hashing import build_hash_method
+from .hashing import build_hash_method, training_state
 from .hashing.checkpoint import load_hashing_model, save_hashing_model
 from .hashing.trainer import TrainConfig, train_hashing_network
+from .hashing.training_state import TrainCheckpointing
 from .models import default_backbone
 from .normalization import Normalization
 from .recipes import condense_budget
@@ -93,9 +95,11 @@ def train_run(
     progress: bool = True,
     split_options: dict[str, Any] | None = None,
     skip_bad_images: bool = False,
+    checkpoints: TrainCheckpointing | None = None,
 ) -> dict[str, Any]:
     """Train (and optionally evaluate) a hashing network on the protocol's train split, a random
-    subset of it, or a synthetic-set file; writes model + run.json (+ metrics.json) to ``out``."""
+    subset of it, or a synthetic-set file; writes model + run.json (+ metrics.json) to ``out``.
+    ``checkpoints`` (:func:`train_checkpointing`) makes a long training resumable."""
     if subset == "random" and (ipc is None or ipc < 1):
         raise ValueError("--subset random needs --ipc >= 1")
     if synthetic is not None and (subset != "whole" or ipc is not None):
@@ -126,6 +130,7 @@ def train_run(
     trained = train_hashing_network(
         images, labels, method=method, bits=bits, num_classes=len(split.classes),
         backbone=backbone, config=train_config, seed=seed, progress=progress,
+        checkpoints=checkpoints,
     )
     meta = {
         "backbone": backbone, "bits": bits, "num_classes": len(split.classes),
@@ -133,6 +138,8 @@ def train_run(
         "normalization": norm.to_dict(),
     }
     save_hashing_model(out, trained.model, method, meta)
+    if checkpoints is not None:
+        training_state.remove(checkpoints.directory)  # the saved model supersedes them
     split.save_indices(out / SPLIT_FILE)
     _write_skipped(out, split)
     run: dict[str, Any] = {
@@ -143,6 +150,7 @@ def train_run(
         "subset_indices": chosen, "seed": seed, "split_seed": split_seed,
         "config": asdict(config), "epochs": trained.epochs,
         "train_seconds": trained.seconds, "versions": versions(), "machine": machine_info(),
+        **({"resumed_from_epoch": trained.resumed_from} if trained.resumed_from else {}),
     }
     if evaluate:
         ev = evaluate_model(trained.model, split, norm, precision=train_config.precision,
@@ -154,6 +162,21 @@ def train_run(
     run["wall_seconds"] = time.perf_counter() - start
     write_json(out / "run.json", run)
     return run
+
+
+def train_checkpointing(out: Path, *, every: str | None = None, resume: bool = False
+                        ) -> TrainCheckpointing | None:
+    """The checkpoints of ``hashcondense train --checkpoint-every/--resume`` in
+    ``out/checkpoints``: every N epochs or so much wall time (10 minutes when only resuming);
+    without ``resume`` an earlier run's checkpoints are dropped, so the run starts afresh."""
+    if every is None and not resume:
+        return None
+    epochs, seconds = parse_every(every) if every is not None else (None,
+                                                                    DEFAULT_RESUME_EVERY_S)
+    policy = TrainCheckpointing(out / "checkpoints", seconds, epochs)
+    if not resume:
+        training_state.remove(policy.directory)
+    return policy
 
 
 def condense_run(

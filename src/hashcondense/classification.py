@@ -31,6 +31,7 @@ from .hashing.trainer import (
     eval_outputs,
     train_hashing_network,
 )
+from .hashing.training_state import TrainCheckpointing
 from .models import HashingNetwork
 from .normalization import Normalization
 from .runtime import default_chunk
@@ -195,6 +196,7 @@ def evaluate_classification(
     config: ClassificationConfig | None = None,
     seed: int = 0,
     progress: bool = False,
+    checkpoints: TrainCheckpointing | None = None,
 ) -> ClassificationResult:
     """Train a classifier on normalised float ``images`` (N, C, R, R) and test it on ``split``.
 
@@ -212,7 +214,7 @@ def evaluate_classification(
     trained = train_hashing_network(
         images, labels, method=CrossEntropyClassifier(), bits=num_classes,
         num_classes=num_classes, backbone=config.backbone, config=config.train, seed=seed,
-        progress=progress,
+        progress=progress, checkpoints=checkpoints,
     )
     start = time.perf_counter()
     kwargs = dict(batch_size=config.encode_batch_size, precision=config.train.precision,

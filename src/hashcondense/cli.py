@@ -116,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_config=_train_config(args, whole=args.subset == "whole" and not args.synthetic),
         seed=args.seed, out=Path(args.out),
         evaluate=args.evaluate, progress=not args.quiet,
+        checkpoints=api.train_checkpointing(Path(args.out), every=args.checkpoint_every,
+                                            resume=args.resume),
     )
     print(f"trained in {run['train_seconds']:.1f}s; model and run.json written to {args.out}")
     if "metrics" in run:
@@ -306,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=None, help="images per class (with --subset random)")
     p.add_argument("--out", required=True, help="output folder for the model and run.json")
     p.add_argument("--evaluate", action="store_true", help="also evaluate on the protocol")
+    p.add_argument("--checkpoint-every", default=None, metavar="N|Ns|Nm|Nh",
+                   help="save the training state in OUT/checkpoints every N epochs or every so "
+                   "much wall time (10m)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in OUT/checkpoints (if it is this run's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -12,6 +12,7 @@ import torch
 from .data import RetrievalSplit
 from .hashing import build_hash_method
 from .hashing.trainer import TrainConfig, encode_images, train_hashing_network
+from .hashing.training_state import TrainCheckpointing
 from .normalization import Normalization
 from .retrieval import evaluate_retrieval
 
@@ -83,14 +84,16 @@ def judge(
     config: JudgeConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoints: TrainCheckpointing | None = None,
 ) -> JudgeResult:
-    """Train on normalised float ``images`` (N, C, R, R) and evaluate on ``split``."""
+    """Train on normalised float ``images`` (N, C, R, R) and evaluate on ``split``;
+    ``checkpoints`` makes the training resumable (see :func:`train_hashing_network`)."""
     config = config or JudgeConfig()
     method = build_hash_method(config.hash_method)
     trained = train_hashing_network(
         images, labels, method=method, bits=config.bits,
         num_classes=len(split.train.classes), backbone=config.backbone,
-        config=config.train, seed=seed, progress=progress,
+        config=config.train, seed=seed, progress=progress, checkpoints=checkpoints,
     )
     evaluation = evaluate_model(
         trained.model, split, normalization, precision=config.train.precision,

@@ -23,8 +23,8 @@ Outputs of ``results_dir``: ``results.jsonl`` (one record per cell and metric, w
 atomically), ``run.json`` (spec, versions, machine, protocols), ``curves/<cell>.json``
 (precision–recall of Hamming-ball lookup) and ``previews/*.png`` (synthetic image grids).
 Synthetic sets live in ``cache_dir`` (default ``<results_dir>/synthetic``, ignored by git),
-with the checkpoints of a condensation under way (``<set>/checkpoints``): a grid killed
-mid-condensation resumes it. Several workers (``shard``) fill one store and share one cache;
+with the checkpoints of a condensation under way (``<set>/checkpoints``) and of a judge under
+way (``<set>/judges/<cell>``): a grid killed mid-condensation or mid-judge resumes it. Several workers (``shard``) fill one store and share one cache;
 see ``sharding.py``.
 """
 
@@ -58,7 +58,9 @@ from ..condense import (
 from ..condense.driver import parse_every
 from ..data import RetrievalSplit, make_split
 from ..evaluation import JudgeConfig, judge
+from ..hashing import training_state
 from ..hashing.trainer import TrainConfig
+from ..hashing.training_state import TrainCheckpointing
 from ..models import default_backbone
 from ..normalization import Normalization
 from ..recipes import training_recipe
@@ -74,7 +76,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
-CHECKPOINT_EVERY = "2m"  # a killed grid loses at most this much of a condensation
+CHECKPOINT_EVERY = "2m"  # a killed grid loses at most this much of a condensation or judge
 
 
 @dataclass(frozen=True)
@@ -309,10 +311,7 @@ class ExperimentRunner:
         every_iterations, every_seconds = self.checkpoint_every
         execution = Execution(checkpointing=Checkpointing(
             checkpoints, every_iterations, every_seconds, resume=True))
-        gitignore = self.cache_dir / ".gitignore"
-        if not gitignore.exists():
-            atomic_write_text(gitignore, "*\n")  # synthetic sets never reach a commit
-
+        self._ignore_cache()
         start = time.perf_counter()
 
         def on_snapshot(iteration: int, seconds: float, syn: SyntheticSet) -> None:
@@ -333,6 +332,12 @@ class ExperimentRunner:
         checkpoint.remove(checkpoints)
         self.condensed.append(cell.condense_key)
 
+    def _ignore_cache(self) -> None:
+        """Synthetic sets and checkpoints never reach a commit."""
+        gitignore = self.cache_dir / ".gitignore"
+        if not gitignore.exists():
+            atomic_write_text(gitignore, "*\n")
+
     def judge_cell(self, cell: Cell, images: torch.Tensor, labels: torch.Tensor,
                    condense_seconds: float, metadata: dict) -> None:
         _, norm = self.split(cell.dataset)
@@ -340,10 +345,17 @@ class ExperimentRunner:
         whole = cell.condenser.method == WHOLE
         train = self.train_config(whole)
         backbone = default_backbone(split.train.resolution)
+        # a judge killed mid-training resumes from here (an ipc-50 set's takes about an hour)
+        every_epochs, every_seconds = self.checkpoint_every
+        checkpoints = TrainCheckpointing(
+            self.cache_dir / cell.condense_key / "judges" / cell.key, every_seconds,
+            every_epochs)
+        self._ignore_cache()
         if cell.task == "retrieval":
             result = judge(images, labels, split, norm, seed=cell.seed, progress=self.progress,
                            config=JudgeConfig(backbone=backbone, hash_method=cell.hash_method,
-                                              bits=cell.bits, train=train))
+                                              bits=cell.bits, train=train),
+                           checkpoints=checkpoints)
             metrics, steps = result.metrics, result.steps
             train_s, encode_s = result.train_seconds, result.evaluation.encode_seconds
             ev = result.evaluation
@@ -355,7 +367,8 @@ class ExperimentRunner:
         else:
             result = evaluate_classification(
                 images, labels, split, norm, seed=cell.seed, progress=self.progress,
-                config=ClassificationConfig(backbone=backbone, train=train))
+                config=ClassificationConfig(backbone=backbone, train=train),
+                checkpoints=checkpoints)
             metrics, steps = {"accuracy": result.accuracy}, result.steps
             train_s, encode_s = result.train_seconds, result.eval_seconds
         condenser = self._condensers[cell.condenser.label]
@@ -391,6 +404,7 @@ class ExperimentRunner:
         }
         self.store.add(cell.key, [{**base, "metric": m, "value": float(v)}
                                   for m, v in metrics.items()])
+        training_state.remove(checkpoints.directory)  # the record supersedes them
         log.info("%s %s ipc=%s seed=%d %s %s%s: %s", cell.dataset.name, cell.condenser.label,
                  cell.ipc, cell.seed, cell.task, cell.hash_method or "", cell.bits or "",
                  {m: round(100 * v, 2) for m, v in metrics.items()})

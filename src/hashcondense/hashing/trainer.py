@@ -30,11 +30,14 @@ from ..runtime import (
     resolve_precision,
 )
 from ..settings import COMPILES, DSA_MODES
+from . import training_state
 from .base import HashBatch, HashMethod
+from .training_state import TrainCheckpointing
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
+RUN_ONLY = ("device", "compile")  # how a run computes, not what: a checkpoint moves across them
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -106,6 +109,7 @@ class TrainResult:
     steps: int
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     epoch_seconds: list[float] = field(default_factory=list)  # wall time per epoch
+    resumed_from: int | None = None  # the epoch a resumed run started at
 
 
 def _augmenter(strategy: str, mode: str):
@@ -164,8 +168,14 @@ def train_hashing_network(
     config: TrainConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoints: TrainCheckpointing | None = None,
 ) -> TrainResult:
-    """Train on normalised float images (N, C, R, R) with int labels (N,) in [0, num_classes)."""
+    """Train on normalised float images (N, C, R, R) with int labels (N,) in [0, num_classes).
+
+    ``checkpoints``: save the state at epoch ends and resume from the folder's checkpoint of
+    this same run (images, labels, recipe, seed, method, bits); the folder is the caller's to
+    remove once the result is safe.
+    """
     config = config or TrainConfig()
     if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
         raise ValueError(
@@ -201,12 +211,27 @@ def train_hashing_network(
     steps_per_epoch = math.ceil(n / batch_size)
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
-    losses: list[float] = []
-    epoch_seconds: list[float] = []
-    step = 0
-    start = time.perf_counter()
+    position = training_state.TrainPosition(epoch=0, step=0, seconds=0.0)
+    run = ""
+    if checkpoints is not None:
+        run = training_state.fingerprint(
+            {"config": {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY},
+             "method": {"name": method.name, **asdict(method)}, "bits": bits,
+             "num_classes": num_classes, "backbone": backbone, "seed": seed,
+             "device": device.type, "dtype": str(amp_dtype)}, images, labels)
+        if (found := training_state.latest(checkpoints.directory, run)) is not None:
+            position, tensors, scalars = found
+            training_state.restore(tensors, scalars, model, optimizer, generator)
+            log.info("train %s %d-bit: resuming at epoch %d/%d (%.0fs done) from %s",
+                     method.name, bits, position.epoch, epochs, position.seconds,
+                     checkpoints.directory)
+    losses, epoch_seconds, step = position.losses, position.epoch_seconds, position.step
+    resumed_from = position.epoch or None
+    start = time.perf_counter() - position.seconds
+    last_save = time.perf_counter()
     model.train()
-    bar = tqdm(range(epochs), desc=f"train {method.name} {bits}b", leave=False,
+    bar = tqdm(range(position.epoch, epochs), desc=f"train {method.name} {bits}b",
+               leave=False, initial=position.epoch, total=epochs,
                disable=None if progress else True)
     for epoch in bar:
         epoch_start = time.perf_counter()
@@ -246,12 +271,21 @@ def train_hashing_network(
         if (epoch + 1) % max(1, epochs // 10) == 0:  # a heartbeat for logs without a TTY
             log.info("epoch %d/%d loss %.4f (%.0fs)", epoch + 1, epochs, losses[-1],
                      time.perf_counter() - start)
+        if checkpoints is not None and epoch + 1 < epochs and (
+                (checkpoints.every_epochs and (epoch + 1) % checkpoints.every_epochs == 0)
+                or (checkpoints.every_seconds
+                    and time.perf_counter() - last_save >= checkpoints.every_seconds)):
+            tensors, scalars = training_state.capture(model, optimizer, generator)
+            training_state.save(checkpoints.directory, run, training_state.TrainPosition(
+                epoch + 1, step, time.perf_counter() - start, losses, epoch_seconds),
+                tensors, scalars)
+            last_save = time.perf_counter()
     seconds = time.perf_counter() - start
     log.info("trained %s %d-bit on %d images: %d epochs in %.1fs", method.name, bits, n,
              epochs, seconds)
     model.eval()
     return TrainResult(model=model, seconds=seconds, epochs=epochs, steps=step, losses=losses,
-                       epoch_seconds=epoch_seconds)
+                       epoch_seconds=epoch_seconds, resumed_from=resumed_from)
 
 
 @torch.no_grad()
