@@ -24,8 +24,8 @@ atomically), ``run.json`` (spec, versions, machine, protocols), ``curves/<cell>.
 (precision–recall of Hamming-ball lookup) and ``previews/*.png`` (synthetic image grids).
 Synthetic sets live in ``cache_dir`` (default ``<results_dir>/synthetic``, ignored by git),
 with the checkpoints of a condensation under way (``<set>/checkpoints``) and of a judge under
-way (``<set>/judges/<cell>``): a grid killed mid-condensation or mid-judge resumes it. Several workers (``shard``) fill one store and share one cache;
-see ``sharding.py``.
+way (``<set>/judges/<cell>``): a grid killed mid-condensation or mid-judge resumes it. Several
+workers (``shard``) fill one store and share one cache; see ``sharding.py``.
 """
 
 from __future__ import annotations
