@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hashcondense.classification import CrossEntropyClassifier
 from hashcondense.hashing import build_hash_method, training_state
 from hashcondense.hashing import trainer as trainer_module
 from hashcondense.hashing.trainer import TrainConfig, train_hashing_network
@@ -32,8 +33,10 @@ def _data(seed: int = 0):
 
 
 def _train(images, labels, *, seed=1, method="dhd", checkpoints=None, **cfg):
+    classifier = method == "classifier"  # the classification judge's one-view "method"
     return train_hashing_network(
-        images, labels, method=build_hash_method(method), bits=8, num_classes=3,
+        images, labels, bits=3 if classifier else 8, num_classes=3,
+        method=CrossEntropyClassifier() if classifier else build_hash_method(method),
         config=TrainConfig(**{**CONFIG, **cfg}), seed=seed, progress=False,
         checkpoints=checkpoints)
 
@@ -60,7 +63,7 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("method,optimizer", [("dhd", "adam"), ("dpn", "sgd"),
-                                              ("orthohash", "adam")])
+                                              ("orthohash", "adam"), ("classifier", "adam")])
 def test_resuming_after_an_interruption_is_bit_identical(tmp_path, monkeypatch, method,
                                                          optimizer):
     clean = _train(*_data(), method=method, optimizer=optimizer)

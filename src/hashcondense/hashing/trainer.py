@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import numpy as np
 import torch
@@ -216,7 +216,8 @@ def train_hashing_network(
     if checkpoints is not None:
         run = training_state.fingerprint(
             {"config": {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY},
-             "method": {"name": method.name, **asdict(method)}, "bits": bits,
+             "method": {"name": method.name,
+                        **(asdict(method) if is_dataclass(method) else {})}, "bits": bits,
              "num_classes": num_classes, "backbone": backbone, "seed": seed,
              "device": device.type, "dtype": str(amp_dtype)}, images, labels)
         if (found := training_state.latest(checkpoints.directory, run)) is not None:
