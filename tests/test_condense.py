@@ -1,5 +1,8 @@
 """Condensers: registry smoke tests, the matching loss, weight perturbation, herding."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,9 @@ from hashcondense.condense.matching import (
     AttentionEmbedding,
     MatchingConfig,
     class_covariance_losses,
+    class_matching_losses,
     class_means,
+    class_mmd_losses,
     distribution_matching_loss,
     fresh_network,
     match_distributions,
@@ -130,6 +135,62 @@ def test_covariance_weight_changes_the_set_and_is_recorded():
         match_distributions(train, 1, config=MatchingConfig(
             batch_real=8, compile="off", precision="fp32", dsa=None, covariance_weight=1.0),
             **kwargs)
+
+
+def _brute_mmd(x: torch.Tensor, y: torch.Tensor, scales) -> float:
+    """MMD² by its definition, pair by pair, with the real side's median bandwidth."""
+    pairs = [float(((a - b) ** 2).sum()) for i, a in enumerate(x) for j, b in enumerate(x)
+             if i != j]
+    median = float(torch.tensor(pairs, dtype=torch.float64).median())
+
+    def k(a, b):
+        return sum(math.exp(-float(((a - b) ** 2).sum()) / (s * median)) for s in scales)
+
+    def mean_k(p, q):
+        return sum(k(a, b) for a in p for b in q) / (len(p) * len(q))
+    return mean_k(x, x) - 2 * mean_k(x, y) + mean_k(y, y)
+
+
+def test_mmd_term_equals_its_definition_and_sees_what_the_mean_misses():
+    """The per-class MMD² against a pair-by-pair sum; zero for equal sets; and where two sets
+    share a mean but not a spread, Eq. 7's term is near zero while MMD² is not."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(24, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    syn = (torch.randn(8, 5, generator=g, dtype=torch.float64) * 1.5 + 0.3).requires_grad_(True)
+    real_groups, syn_groups = torch.arange(24) % 2, torch.arange(8) // 4
+    scales = (0.5, 2.0)
+    got = class_mmd_losses(real, real_groups, syn, syn_groups, 2, scales)
+    for c in range(2):
+        want = _brute_mmd(real.detach()[real_groups == c], syn.detach()[syn_groups == c],
+                          scales)
+        assert got[c].item() == pytest.approx(want, rel=1e-6)
+    got.sum().backward()
+    assert syn.grad.abs().sum() > 0 and real.grad is None
+    same = class_mmd_losses(real, real_groups, real.detach().clone(), real_groups, 2, scales)
+    assert same.abs().max().item() < 1e-12
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    spread = torch.randn(400, 3, generator=g, dtype=torch.float64) * 3
+    spread = spread - spread.mean(0) + x.mean(0)  # the same mean, three times the spread
+    groups = torch.zeros(400, dtype=torch.long)
+    assert class_matching_losses(x.mean(0, keepdim=True), spread.mean(0, keepdim=True)) < 1e-20
+    assert class_mmd_losses(x, groups, spread, groups, 1, (1.0,)).item() > 0.1
+
+
+def test_mmd_weight_changes_the_set_and_is_recorded():
+    train = tiny_set()
+    norm = Normalization.from_images(train.images)
+    kwargs = dict(method="dm", normalization=norm, seed=0, budget=Budget(iterations=3),
+                  progress=False)
+    plain = MatchingConfig(batch_real=8, compile="off", precision="fp32", dsa=None)
+    base = match_distributions(train, 2, config=plain, **kwargs)
+    mmd = match_distributions(train, 2, config=dataclasses.replace(plain, mmd_weight=50.0),
+                              **kwargs)
+    assert not torch.equal(base.images, mmd.images)
+    assert mmd.metadata["mmd_weight"] == 50.0 and mmd.metadata["mmd_scales"] == [0.5, 1, 2]
+    assert "mmd_weight" not in base.metadata  # a plain set's metadata keeps its shape
+    for bad in ({"mmd_weight": -1.0}, {"mmd_scales": ()}, {"mmd_scales": (1.0, 0.0)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MatchingConfig(**bad)
 
 
 def test_spatial_attention_known_values():
