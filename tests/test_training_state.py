@@ -107,6 +107,23 @@ def test_a_checkpoint_of_another_run_is_never_resumed_from(tmp_path, monkeypatch
     _same(other, _train(*data, **change))
 
 
+def test_without_resume_a_run_starts_afresh_and_replaces_the_old_checkpoint(tmp_path,
+                                                                           monkeypatch):
+    policy = TrainCheckpointing(tmp_path, None, every_epochs=1)
+    _interrupted(monkeypatch, 10, checkpoints=policy)
+    fresh = _train(*_data(), checkpoints=TrainCheckpointing(tmp_path, None, 1, resume=False))
+    assert fresh.resumed_from is None
+    _same(fresh, _train(*_data()))
+    assert [p.name for p in tmp_path.glob("*.json")] == ["train-00000004.json"]
+
+
+def test_a_checkpoint_of_another_trainer_version_is_not_resumed_from(tmp_path, monkeypatch):
+    policy = TrainCheckpointing(tmp_path, None, every_epochs=1)
+    _interrupted(monkeypatch, 10, checkpoints=policy)
+    monkeypatch.setattr(training_state, "TRAINER_VERSION", training_state.TRAINER_VERSION + 1)
+    assert _train(*_data(), checkpoints=policy).resumed_from is None
+
+
 def test_a_damaged_checkpoint_is_not_resumed_from(tmp_path, monkeypatch, caplog):
     policy = TrainCheckpointing(tmp_path, None, every_epochs=1)
     _interrupted(monkeypatch, 10, checkpoints=policy)
@@ -122,6 +139,7 @@ def test_remove_keeps_a_folder_that_holds_other_files(tmp_path, monkeypatch):
     policy = TrainCheckpointing(tmp_path, None, every_epochs=1)
     _interrupted(monkeypatch, 4, checkpoints=policy)
     (tmp_path / "keep.txt").write_text("x")
+    (tmp_path / ".train-00000005.safetensors.a1b2.tmp").write_bytes(b"cut short by a kill")
     training_state.remove(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     (tmp_path / "keep.txt").unlink()
@@ -165,7 +183,8 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
         if victim.poll() is None:
             victim.kill()
     assert not (out / "model.safetensors").exists()
-    [saved] = (out / "checkpoints").glob("train-*.json")
+    # the newest: a kill between a commit and the old generation's removal leaves two
+    saved = max((out / "checkpoints").glob("train-*.json"))
     assert 5 <= json.loads(saved.read_text())["epoch"] < 100
     subprocess.run([*command, "--resume"], env=env, check=True, timeout=300,
                    capture_output=True)

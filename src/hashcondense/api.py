@@ -138,8 +138,6 @@ def train_run(
         "normalization": norm.to_dict(),
     }
     save_hashing_model(out, trained.model, method, meta)
-    if checkpoints is not None:
-        training_state.remove(checkpoints.directory)  # the saved model supersedes them
     split.save_indices(out / SPLIT_FILE)
     _write_skipped(out, split)
     run: dict[str, Any] = {
@@ -161,6 +159,8 @@ def train_run(
         write_json(out / "metrics.json", {"metrics": ev.metrics, "model": str(out)})
     run["wall_seconds"] = time.perf_counter() - start
     write_json(out / "run.json", run)
+    if checkpoints is not None:  # only now: a kill during --evaluate still resumes
+        training_state.remove(checkpoints.directory)
     return run
 
 
@@ -168,15 +168,12 @@ def train_checkpointing(out: Path, *, every: str | None = None, resume: bool = F
                         ) -> TrainCheckpointing | None:
     """The checkpoints of ``hashcondense train --checkpoint-every/--resume`` in
     ``out/checkpoints``: every N epochs or so much wall time (10 minutes when only resuming);
-    without ``resume`` an earlier run's checkpoints are dropped, so the run starts afresh."""
+    without ``resume`` the run starts afresh and its first save replaces an earlier run's."""
     if every is None and not resume:
         return None
     epochs, seconds = parse_every(every) if every is not None else (None,
                                                                     DEFAULT_RESUME_EVERY_S)
-    policy = TrainCheckpointing(out / "checkpoints", seconds, epochs)
-    if not resume:
-        training_state.remove(policy.directory)
-    return policy
+    return TrainCheckpointing(out / "checkpoints", seconds, epochs, resume=resume)
 
 
 def condense_run(

@@ -30,6 +30,7 @@ workers (``shard``) fill one store and share one cache; see ``sharding.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -405,6 +406,8 @@ class ExperimentRunner:
         self.store.add(cell.key, [{**base, "metric": m, "value": float(v)}
                                   for m, v in metrics.items()])
         training_state.remove(checkpoints.directory)  # the record supersedes them
+        with contextlib.suppress(OSError):  # the set's judges/ folder, once the last is done
+            checkpoints.directory.parent.rmdir()
         log.info("%s %s ipc=%s seed=%d %s %s%s: %s", cell.dataset.name, cell.condenser.label,
                  cell.ipc, cell.seed, cell.task, cell.hash_method or "", cell.bits or "",
                  {m: round(100 * v, 2) for m, v in metrics.items()})

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ from .training_state import TrainCheckpointing
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
-RUN_ONLY = ("device", "compile")  # how a run computes, not what: a checkpoint moves across them
+# how a run computes, not what: a checkpoint moves across them (compiled kernels round a little
+# differently from eager ones; the runner treats the two as one cell, and so does a resume)
+RUN_ONLY = ("device", "compile")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -197,6 +199,11 @@ def train_hashing_network(
     ).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    run = "" if checkpoints is None else training_state.fingerprint(
+        {"config": {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY},
+         "method": {"name": method.name, **vars(method)}, "bits": bits,
+         "num_classes": num_classes, "backbone": backbone, "seed": seed,
+         "device": device.type, "dtype": str(amp_dtype)}, images, labels)
     images = images.to(device)
     labels = labels.to(device=device, dtype=torch.long)
     optimizer = _optimizer(model, config)
@@ -212,14 +219,7 @@ def train_hashing_network(
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     position = training_state.TrainPosition(epoch=0, step=0, seconds=0.0)
-    run = ""
-    if checkpoints is not None:
-        run = training_state.fingerprint(
-            {"config": {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY},
-             "method": {"name": method.name,
-                        **(asdict(method) if is_dataclass(method) else {})}, "bits": bits,
-             "num_classes": num_classes, "backbone": backbone, "seed": seed,
-             "device": device.type, "dtype": str(amp_dtype)}, images, labels)
+    if checkpoints is not None and checkpoints.resume:
         if (found := training_state.latest(checkpoints.directory, run)) is not None:
             position, tensors, scalars = found
             training_state.restore(tensors, scalars, model, optimizer, generator)

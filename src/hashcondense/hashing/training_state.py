@@ -33,18 +33,23 @@ log = logging.getLogger(__name__)
 
 FORMAT = "hashcondense-training-state"
 VERSION = 1
+# bump when the training loop's maths or draws change: a checkpoint of the old loop then no
+# longer resumes (it would splice two loops into one run)
+TRAINER_VERSION = 1
 _NAME = re.compile(r"^train-(\d{8})\.json$")
+_GENERATION = re.compile(r"^train-(\d{8})\.")
 
 
 @dataclass(frozen=True)
 class TrainCheckpointing:
     """Save the training state into ``directory`` at the first epoch end ``every_seconds`` after
-    the last save (or every ``every_epochs`` epochs); a run given a folder that holds a
-    checkpoint of the same run resumes from it."""
+    the last save (or every ``every_epochs`` epochs); with ``resume`` a run starts from the
+    folder's checkpoint when it is this same run's (else its first save replaces it)."""
 
     directory: Path
     every_seconds: float | None = 120.0
     every_epochs: int | None = None
+    resume: bool = True
 
     def __post_init__(self) -> None:
         if self.every_seconds is not None and not self.every_seconds > 0:
@@ -67,12 +72,16 @@ class TrainPosition:
 
 
 def fingerprint(parts: dict[str, Any], *tensors: torch.Tensor) -> str:
-    """SHA-256 of a run's settings (JSON) and the bytes of its training tensors."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    """SHA-256 of a run's settings (JSON), the loop's version and torch's, and the bytes of its
+    training tensors (hashed in place, without a copy of a CPU tensor)."""
+    digest = hashlib.sha256(json.dumps(
+        {**parts, "trainer_version": TRAINER_VERSION, "torch": torch.__version__},
+        sort_keys=True, default=str).encode())
     for t in tensors:
         t = t.detach().cpu().contiguous()
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            digest.update(memoryview(t.view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -123,7 +132,7 @@ def save(directory: str | Path, run: str, position: TrainPosition,
                       "seconds": position.seconds, "losses": position.losses,
                       "epoch_seconds": position.epoch_seconds})
     for old in directory.glob("train-*"):
-        match = re.match(r"^train-(\d{8})\.", old.name)
+        match = _GENERATION.match(old.name)
         if match and int(match.group(1)) != position.epoch:
             old.unlink(missing_ok=True)
     log.debug("training checkpoint at epoch %d: %s", position.epoch, path)
@@ -163,7 +172,8 @@ def remove(directory: str | Path) -> None:
     directory = Path(directory)
     if not directory.is_dir():
         return
-    for path in directory.glob("train-*"):
+    # with the temporary files of a write that a kill cut short (atomic_write_bytes' names)
+    for path in [*directory.glob("train-*"), *directory.glob(".train-*.tmp")]:
         path.unlink(missing_ok=True)
     try:
         directory.rmdir()
