@@ -1,6 +1,5 @@
 """Condensers: registry smoke tests, the matching loss, weight perturbation, herding."""
 
-import dataclasses
 import math
 import statistics
 
@@ -176,15 +175,18 @@ def test_mmd_term_equals_its_definition_and_sees_what_the_mean_misses():
     assert class_mmd_losses(x, groups, spread, groups, 1, (1.0,)).item() > 0.1
 
 
-def test_mmd_weight_changes_the_set_and_is_recorded():
+def _tiny_dm(**options):
+    """Three DM updates on ``tiny_set`` at ipc 2 with extra ``MatchingConfig`` options."""
     train = tiny_set()
-    norm = Normalization.from_images(train.images)
-    kwargs = dict(method="dm", normalization=norm, seed=0, budget=Budget(iterations=3),
-                  progress=False)
-    plain = MatchingConfig(batch_real=8, compile="off", precision="fp32", dsa=None)
-    base = match_distributions(train, 2, config=plain, **kwargs)
-    mmd = match_distributions(train, 2, config=dataclasses.replace(plain, mmd_weight=50.0),
-                              **kwargs)
+    config = MatchingConfig(batch_real=8, compile="off", precision="fp32", dsa=None,
+                            **options)
+    return match_distributions(train, 2, config=config, method="dm", seed=0, progress=False,
+                               normalization=Normalization.from_images(train.images),
+                               budget=Budget(iterations=3))
+
+
+def test_mmd_weight_changes_the_set_and_is_recorded():
+    base, mmd = _tiny_dm(), _tiny_dm(mmd_weight=50.0)
     assert not torch.equal(base.images, mmd.images)
     assert mmd.metadata["mmd_weight"] == 50.0 and mmd.metadata["mmd_scales"] == [0.5, 1, 2]
     assert "mmd_weight" not in base.metadata  # a plain set's metadata keeps its shape

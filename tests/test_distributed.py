@@ -17,6 +17,8 @@ import torch
 
 pytest.importorskip("sklearn")  # digits is the small real dataset
 
+from processes import sigkill_after_first  # noqa: E402
+
 from hashcondense.condense import Budget, Checkpointing, Execution, build_condenser  # noqa: E402
 from hashcondense.condense import checkpoint as ckpt  # noqa: E402
 from hashcondense.condense.driver import parse_every  # noqa: E402
@@ -176,20 +178,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path):
     victim_out = tmp_path / "victim"
     command = [sys.executable, *CONDENSE, *budget, "--checkpoint-every", "5", "--out",
                str(victim_out)]
-    victim = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and victim.poll() is None:
-            if list((victim_out / "checkpoints").glob("ckpt-*.json")):
-                break
-            time.sleep(0.01)
-        assert victim.poll() is None, "the run ended before it could be killed"
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    sigkill_after_first(command, env(), victim_out / "checkpoints", "ckpt-*.json")
     assert not (victim_out / "synthetic.json").exists()
     killed_at = ckpt.latest_iteration(victim_out / "checkpoints")
     assert killed_at is not None and 5 <= killed_at < 40

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import sigkill_after_first
 from safetensors.torch import load_file
 
 from hashcondense.classification import CrossEntropyClassifier
@@ -168,20 +167,7 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     out = tmp_path / "victim"
     command = [sys.executable, *TRAIN, "--checkpoint-every", "5", "--out", str(out)]
-    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and victim.poll() is None:
-            if list((out / "checkpoints").glob("train-*.json")):
-                break
-            time.sleep(0.01)
-        assert victim.poll() is None, "the run ended before it could be killed"
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    sigkill_after_first(command, env, out / "checkpoints", "train-*.json")
     assert not (out / "model.safetensors").exists()
     # the newest: a kill between a commit and the old generation's removal leaves two
     saved = max((out / "checkpoints").glob("train-*.json"))

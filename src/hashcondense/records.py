@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def newest_generations(directory: str | os.PathLike, name: re.Pattern[str]) -> list[Path]:
+    """The files of ``directory`` whose names match ``name`` (its group 1: a generation
+    number), newest first: where a checkpoint loader starts, falling back to older ones."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in directory.iterdir()
+                   if (m := name.match(p.name)))
+    return [p for _, p in reversed(found)]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from ..records import atomic_write_bytes
+from ..records import atomic_write_bytes, newest_generations
 from ..synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,7 @@ def _load(json_path: Path) -> Checkpoint:
 
 def latest(directory: str | Path) -> Checkpoint | None:
     """The newest complete checkpoint in ``directory`` (None when there is none)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in directory.iterdir()
-                   if (m := _NAME.match(p.name)))
-    for _, path in reversed(found):
+    for path in newest_generations(directory, _NAME):
         try:
             return _load(path)
         except (OSError, ValueError, KeyError, TypeError) as err:

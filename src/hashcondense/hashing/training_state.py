@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from ..records import atomic_write_bytes, write_json
+from ..records import atomic_write_bytes, newest_generations, write_json
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,7 @@ def latest(directory: str | Path, run: str
            ) -> tuple[TrainPosition, dict[str, torch.Tensor], list[str]] | None:
     """The newest complete checkpoint of run ``run`` in ``directory`` (None: none there)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in directory.iterdir()
-                   if (m := _NAME.match(p.name)))
-    for _, path in reversed(found):
+    for path in newest_generations(directory, _NAME):
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
